@@ -1,0 +1,298 @@
+//! Wires everything together: binds listeners, builds the first snapshot,
+//! runs background tasks, handles SIGHUP (reload) and SIGTERM/SIGINT (drain).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::backend::Registry;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Shared;
+use crate::routing::RoutingTable;
+use crate::server::{self, RunningListener};
+
+/// Why the daemon could not start; maps to SPEC's exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Bind { .. } => 2,
+        }
+    }
+}
+
+/// State shared by the admin endpoints, reloads and shutdown.
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    pub started: AtomicBool,
+    pub config_path: PathBuf,
+    generation: AtomicU64,
+    listeners: tokio::sync::Mutex<Vec<RunningListener>>,
+    shutdown_timeout_ms: Arc<AtomicU64>,
+}
+
+impl AppState {
+    fn current(&self) -> Arc<Config> {
+        self.shared.table.load().config.clone()
+    }
+}
+
+/// Addresses actually bound, for callers (demo, tests) that asked for port 0.
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+/// Runs until SIGTERM/SIGINT and a graceful drain. `on_bound` is called once
+/// every listener is bound and serving.
+pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let registry = Registry::new(metrics.clone());
+    let config = Arc::new(config);
+
+    // Bind everything first: nothing starts unless every address is ours.
+    let admin_sock = server::bind(config.admin.listen).map_err(|source| AppError::Bind {
+        addr: config.admin.listen,
+        source,
+    })?;
+    let mut socks = Vec::new();
+    for l in &config.listeners {
+        let s = server::bind(l.listen).map_err(|source| AppError::Bind {
+            addr: l.listen,
+            source,
+        })?;
+        socks.push(s);
+    }
+
+    let table = RoutingTable::build(config.clone(), &registry, 1);
+    metrics.config_generation.set(1);
+    metrics
+        .config_last_reload_success_timestamp_seconds
+        .set(unix_now());
+    let shared = Arc::new(Shared {
+        table: ArcSwap::from_pointee(table),
+        registry,
+        shutting_down: AtomicBool::new(false),
+    });
+    let state = Arc::new(AppState {
+        shared: shared.clone(),
+        started: AtomicBool::new(false),
+        config_path: config.path.clone(),
+        generation: AtomicU64::new(1),
+        listeners: tokio::sync::Mutex::new(Vec::new()),
+        shutdown_timeout_ms: Arc::new(AtomicU64::new(
+            config.global.shutdown_timeout.as_millis() as u64
+        )),
+    });
+
+    let admin_addr = admin_sock.local_addr().unwrap_or(config.admin.listen);
+    crate::admin::spawn(admin_sock, state.clone()).map_err(|source| AppError::Bind {
+        addr: config.admin.listen,
+        source,
+    })?;
+    let mut bound = Bound {
+        admin: admin_addr,
+        listeners: Vec::new(),
+    };
+    {
+        let mut running = state.listeners.lock().await;
+        let table = shared.table.load();
+        for (sock, l) in socks.into_iter().zip(&table.listeners) {
+            let r = start_listener(&state, sock, l.settings.clone())?;
+            bound.listeners.push((r.name.clone(), r.local));
+            running.push(r);
+        }
+    }
+    tracing::info!(addr = %admin_addr, "admin listening");
+    for (name, addr) in &bound.listeners {
+        tracing::info!(listener = %name, addr = %addr, "listening");
+    }
+    state.started.store(true, Ordering::Relaxed);
+    tokio::spawn(evict_idle_connections(shared.clone()));
+    on_bound(&bound);
+    tracing::info!(generation = 1, "fulcrum ready");
+
+    wait_for_signals(&state).await;
+    shutdown(&state).await;
+    Ok(())
+}
+
+fn start_listener(
+    state: &Arc<AppState>,
+    sock: std::net::TcpListener,
+    settings: Arc<crate::config::ListenerConfig>,
+) -> Result<RunningListener, AppError> {
+    let timeout = state.shutdown_timeout_ms.clone();
+    let configured = settings.listen;
+    server::spawn(
+        sock,
+        configured,
+        settings,
+        state.shared.clone(),
+        Arc::new(move || Duration::from_millis(timeout.load(Ordering::Relaxed))),
+    )
+    .map_err(|source| AppError::Bind {
+        addr: configured,
+        source,
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(state: &Arc<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            // Signals that arrive during a reload are coalesced by the
+            // stream into one more reload.
+            _ = hup.recv() => reload(state).await,
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); return }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_state: &Arc<AppState>) {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Reloads the config file; on any failure the running config is untouched.
+pub async fn reload(state: &Arc<AppState>) {
+    let m = state.shared.registry.metrics.clone();
+    match try_reload(state).await {
+        Ok(generation) => {
+            m.config_reloads_total.with_label_values(&["success"]).inc();
+            m.config_last_reload_successful.set(1);
+            m.config_last_reload_success_timestamp_seconds
+                .set(unix_now());
+            m.config_generation.set(generation as i64);
+            tracing::info!(generation, "config reloaded");
+        }
+        Err(e) => {
+            m.config_reloads_total.with_label_values(&["failure"]).inc();
+            m.config_last_reload_successful.set(0);
+            tracing::error!(error = %e, "config reload failed; the previous config keeps serving");
+        }
+    }
+}
+
+async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
+    let path = state.config_path.clone();
+    let config = tokio::task::spawn_blocking(move || Config::load(&path))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let old = state.current();
+    if config.admin.listen != old.admin.listen {
+        tracing::warn!(old = %old.admin.listen, new = %config.admin.listen, "admin.listen changes only on restart");
+    }
+    let mut running = state.listeners.lock().await;
+    // Bind new addresses before anything changes; a taken port fails here.
+    let mut fresh = Vec::new();
+    for l in &config.listeners {
+        match running.iter().find(|r| r.configured == l.listen) {
+            Some(r) if r.name != l.name => {
+                return Err(format!(
+                    "listener on {} is renamed from \"{}\" to \"{}\": renaming a bound listener needs a restart",
+                    l.listen, r.name, l.name
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let sock = server::bind(l.listen)
+                    .map_err(|e| format!("cannot listen on {} for listener \"{}\": {e}", l.listen, l.name))?;
+                fresh.push(sock);
+            }
+        }
+    }
+    let config = Arc::new(config);
+    let generation = state.generation.load(Ordering::Relaxed) + 1;
+    let table = RoutingTable::build(config.clone(), &state.shared.registry, generation);
+    let settings: Vec<_> = table.listeners.iter().map(|l| l.settings.clone()).collect();
+    state.shared.table.store(Arc::new(table));
+    state.generation.store(generation, Ordering::Relaxed);
+    state.shutdown_timeout_ms.store(
+        config.global.shutdown_timeout.as_millis() as u64,
+        Ordering::Relaxed,
+    );
+
+    // Removed listeners stop accepting and drain in the background.
+    let (keep, gone): (Vec<_>, Vec<_>) = running
+        .drain(..)
+        .partition(|r| config.listeners.iter().any(|l| l.listen == r.configured));
+    *running = keep;
+    let timeout = config.global.shutdown_timeout;
+    for r in gone {
+        tracing::info!(listener = %r.name, addr = %r.local, "listener removed: draining");
+        tokio::spawn(r.drain(timeout));
+    }
+    let mut fresh = fresh.into_iter();
+    for s in settings {
+        if running.iter().any(|r| r.configured == s.listen) {
+            continue;
+        }
+        let Some(sock) = fresh.next() else { break };
+        let r = start_listener(state, sock, s).map_err(|e| e.to_string())?;
+        tracing::info!(listener = %r.name, addr = %r.local, "listening");
+        running.push(r);
+    }
+    Ok(generation)
+}
+
+async fn shutdown(state: &Arc<AppState>) {
+    state.shared.shutting_down.store(true, Ordering::Relaxed);
+    let timeout = state.current().global.shutdown_timeout;
+    let running: Vec<_> = state.listeners.lock().await.drain(..).collect();
+    for r in &running {
+        r.stop_accepting();
+    }
+    let drains = running.into_iter().map(|r| r.drain(timeout));
+    for d in drains.collect::<Vec<_>>() {
+        d.await;
+    }
+    tracing::info!("shutdown complete");
+}
+
+/// Closes pooled upstream connections idle past `pool_idle_timeout`.
+async fn evict_idle_connections(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let table = shared.table.load_full();
+        for u in &table.upstreams {
+            for s in &u.servers {
+                s.pool.evict(u.config.pool_idle_timeout);
+            }
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

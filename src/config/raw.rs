@@ -1,0 +1,105 @@
+//! Raw configuration: serde structs that mirror the TOML file one to one.
+//!
+//! Every struct denies unknown keys so a typo fails loudly. Values that need
+//! validation keep their source span (`Spanned`) so errors can name the line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A string value with its position in the file.
+pub(crate) type S = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub(crate) global: RawGlobal,
+    #[serde(default, rename = "listener")]
+    pub(crate) listeners: Vec<Spanned<RawListener>>,
+    #[serde(default, rename = "route")]
+    pub(crate) routes: Vec<Spanned<RawRoute>>,
+    #[serde(default, rename = "upstream")]
+    pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub(crate) listen: S,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGlobal {
+    pub(crate) worker_threads: Option<Spanned<i64>>,
+    pub(crate) shutdown_timeout: Option<S>,
+    pub(crate) access_log: Option<bool>,
+}
+
+/// A byte size: an integer, or a string with a unit ("10MiB"); "" means unset.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Int(i64),
+    Str(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub(crate) name: S,
+    pub(crate) listen: S,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) header_read_timeout: Option<S>,
+    pub(crate) idle_timeout: Option<S>,
+    pub(crate) max_header_bytes: Option<Spanned<RawSize>>,
+    pub(crate) max_request_body: Option<Spanned<RawSize>>,
+    pub(crate) body_read_timeout: Option<S>,
+    pub(crate) max_connections_per_client: Option<Spanned<i64>>,
+    pub(crate) proxy_protocol: Option<Spanned<bool>>,
+    pub(crate) trusted_proxies: Option<Vec<S>>,
+    pub(crate) tls: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) listeners: Option<Vec<S>>,
+    pub(crate) host: Option<S>,
+    pub(crate) path_prefix: Option<S>,
+    pub(crate) upstream: S,
+    pub(crate) rate_limit: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) address: S,
+    pub(crate) weight: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) strategy: Option<S>,
+    pub(crate) servers: Spanned<Vec<Spanned<RawServer>>>,
+    pub(crate) hash_key: Option<S>,
+    pub(crate) hash_balance_factor: Option<Spanned<f64>>,
+    pub(crate) slow_start: Option<S>,
+    pub(crate) resolve_interval: Option<S>,
+    pub(crate) connect_timeout: Option<S>,
+    pub(crate) response_timeout: Option<S>,
+    pub(crate) pool_idle_timeout: Option<S>,
+    pub(crate) pool_max_idle_per_server: Option<Spanned<i64>>,
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) retry_budget: Option<Spanned<f64>>,
+    pub(crate) protocol: Option<S>,
+    pub(crate) tls_server_name: Option<S>,
+    pub(crate) tls_ca: Option<S>,
+    pub(crate) sticky: Option<Spanned<toml::Value>>,
+    pub(crate) health_check: Option<Spanned<toml::Value>>,
+    pub(crate) passive_health: Option<Spanned<toml::Value>>,
+}

@@ -1,0 +1,756 @@
+//! Raw → typed validation. Collects every error instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawListener, RawRoute, RawSize, RawUpstream, S};
+use super::units::{parse_duration, parse_size};
+use super::{
+    AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HostMatch, ListenerConfig,
+    RouteConfig, ServerConfig, Strategy, UpstreamConfig,
+};
+
+/// Strategy names from the SPEC that a later version implements.
+const PLANNED_STRATEGIES: &[&str] = &[
+    "least-connections",
+    "power-of-two",
+    "peak-ewma",
+    "ip-hash",
+    "consistent-hash",
+];
+
+struct Ctx<'a> {
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (line, col)
+    }
+
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = self.line_col(span.start);
+        self.diags.push(Diagnostic {
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(s.span(), key, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive_duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
+        let d = self.duration(v, key, default);
+        if d.is_zero() {
+            if let Some(s) = v {
+                self.error(s.span(), key, "must be greater than 0");
+            }
+            return default;
+        }
+        d
+    }
+
+    fn int(&mut self, v: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: i64) -> i64 {
+        match v {
+            None => default,
+            Some(n) if range.contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                self.error(
+                    n.span(),
+                    key,
+                    format!(
+                        "{} is out of range: must be {} to {}",
+                        n.get_ref(),
+                        range.start,
+                        range.end - 1
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, v: &Option<Spanned<RawSize>>, key: &str) -> Option<u64> {
+        let v = v.as_ref()?;
+        let parsed = match v.get_ref() {
+            RawSize::Int(n) if *n >= 0 => Ok(*n as u64),
+            RawSize::Int(n) => Err(format!("size {n} must not be negative")),
+            RawSize::Str(s) if s.trim().is_empty() => return None,
+            RawSize::Str(s) => parse_size(s),
+        };
+        match parsed {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.error(v.span(), key, e);
+                None
+            }
+        }
+    }
+
+    fn not_yet(&mut self, span: Range<usize>, key: &str) {
+        self.error(
+            span,
+            key,
+            format!(
+                "`{key}` is not supported by fulcrum {} yet",
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
+    }
+}
+
+pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx {
+        text,
+        diags: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let key = key_at(text, span.start);
+            ctx.error(span, key, e.message().trim().to_string());
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                diagnostics: ctx.diags,
+            });
+        }
+    };
+    let config = validate(&mut ctx, path, raw);
+    if ctx.diags.is_empty() {
+        Ok(config)
+    } else {
+        ctx.diags.sort_by_key(|d| (d.line, d.column));
+        Err(ConfigError {
+            path: path.to_path_buf(),
+            diagnostics: ctx.diags,
+        })
+    }
+}
+
+/// Best-effort name of the key whose value or name starts at `offset`, for
+/// serde errors (which carry a span but no key path).
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    if let Some((k, _)) = line.split_once('=') {
+        return k.trim().to_string();
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    match (line.is_empty(), table) {
+        (false, _) if line.starts_with('[') => line.trim_matches(['[', ']']).to_string(),
+        (_, Some(t)) => t.trim_matches(['[', ']']).to_string(),
+        _ => "config".to_string(),
+    }
+}
+
+fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
+    let admin = match &raw.admin {
+        Some(a) => AdminConfig {
+            listen: socket_addr(ctx, &a.get_ref().listen, "admin.listen"),
+        },
+        None => {
+            ctx.error(0..0, "admin", "the [admin] table with `listen` is required");
+            AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            }
+        }
+    };
+
+    let g = &raw.global;
+    let global = GlobalConfig {
+        worker_threads: ctx.int(&g.worker_threads, "global.worker_threads", 0..1025, 0) as usize,
+        shutdown_timeout: ctx.duration(
+            &g.shutdown_timeout,
+            "global.shutdown_timeout",
+            Duration::from_secs(30),
+        ),
+        access_log: g.access_log.unwrap_or(false),
+    };
+
+    if raw.listeners.is_empty() {
+        ctx.error(0..0, "listener", "at least one [[listener]] is required");
+    }
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    addrs.insert(admin.listen);
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let l = validate_listener(ctx, i, l.get_ref());
+        let name_span = raw.listeners[i].get_ref().name.span();
+        if !names.insert(l.name.clone()) {
+            ctx.error(
+                name_span.clone(),
+                format!("listener[{i}].name"),
+                format!("duplicate listener name \"{}\"", l.name),
+            );
+        }
+        if !addrs.insert(l.listen) {
+            ctx.error(
+                raw.listeners[i].get_ref().listen.span(),
+                format!("listener[{i}].listen"),
+                format!(
+                    "address {} is already used by another listener or the admin listener",
+                    l.listen
+                ),
+            );
+        }
+        listeners.push(l);
+    }
+
+    let mut upstreams = Vec::new();
+    for (name, u) in &raw.upstreams {
+        upstreams.push(validate_upstream(ctx, path, name, u));
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        routes.push(validate_route(ctx, i, r.get_ref(), &names, &raw.upstreams));
+    }
+    if raw.routes.is_empty() && !raw.listeners.is_empty() {
+        ctx.error(0..0, "route", "at least one [[route]] is required");
+    }
+
+    Config {
+        path: path.to_path_buf(),
+        admin,
+        global,
+        listeners,
+        routes,
+        upstreams,
+    }
+}
+
+fn socket_addr(ctx: &mut Ctx<'_>, s: &S, key: &str) -> SocketAddr {
+    let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
+    let v = s.get_ref().trim();
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        return a;
+    }
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            match (host, port.parse::<u16>().unwrap_or(0)).to_socket_addrs() {
+                Ok(mut it) => match it.next() {
+                    Some(a) => a,
+                    None => {
+                        ctx.error(s.span(), key, format!("\"{v}\" resolves to no address"));
+                        fallback
+                    }
+                },
+                Err(e) => {
+                    ctx.error(s.span(), key, format!("cannot resolve \"{v}\": {e}"));
+                    fallback
+                }
+            }
+        }
+        _ => {
+            ctx.error(s.span(), key, format!("\"{v}\" is not a host:port address"));
+            fallback
+        }
+    }
+}
+
+fn validate_listener(ctx: &mut Ctx<'_>, i: usize, l: &RawListener) -> ListenerConfig {
+    let k = |key: &str| format!("listener[{i}].{key}");
+    let name = l.name.get_ref().trim().to_string();
+    if name.is_empty() {
+        ctx.error(l.name.span(), k("name"), "must not be empty");
+    }
+    let listen = socket_addr(ctx, &l.listen, &k("listen"));
+    let max_connections = ctx.int(
+        &l.max_connections,
+        &k("max_connections"),
+        1..10_000_001,
+        10_000,
+    ) as usize;
+    let header_read_timeout = ctx.positive_duration(
+        &l.header_read_timeout,
+        &k("header_read_timeout"),
+        Duration::from_secs(10),
+    );
+    let idle_timeout =
+        ctx.positive_duration(&l.idle_timeout, &k("idle_timeout"), Duration::from_secs(60));
+    let max_header_bytes = match ctx.size(&l.max_header_bytes, &k("max_header_bytes")) {
+        None => 65536,
+        Some(n) if (1024..=(16 << 20)).contains(&n) => n as usize,
+        Some(n) => {
+            let span = l
+                .max_header_bytes
+                .as_ref()
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            ctx.error(
+                span,
+                k("max_header_bytes"),
+                format!("{n} is out of range: must be 1KiB to 16MiB"),
+            );
+            65536
+        }
+    };
+    let max_request_body = ctx.size(&l.max_request_body, &k("max_request_body"));
+    let body_read_timeout = ctx.positive_duration(
+        &l.body_read_timeout,
+        &k("body_read_timeout"),
+        Duration::from_secs(30),
+    );
+    let max_connections_per_client = ctx.int(
+        &l.max_connections_per_client,
+        &k("max_connections_per_client"),
+        0..10_000_001,
+        0,
+    ) as usize;
+    if let Some(p) = &l.proxy_protocol {
+        if *p.get_ref() {
+            ctx.not_yet(p.span(), &k("proxy_protocol"));
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for (j, c) in l.trusted_proxies.iter().flatten().enumerate() {
+        match parse_cidr(c.get_ref()) {
+            Ok(cidr) => trusted_proxies.push(cidr),
+            Err(e) => ctx.error(c.span(), k(&format!("trusted_proxies[{j}]")), e),
+        }
+    }
+    if let Some(t) = &l.tls {
+        ctx.not_yet(t.span(), &k("tls"));
+    }
+    ListenerConfig {
+        name,
+        listen,
+        max_connections,
+        header_read_timeout,
+        idle_timeout,
+        max_header_bytes,
+        max_request_body,
+        body_read_timeout,
+        max_connections_per_client,
+        trusted_proxies,
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let s = s.trim();
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a CIDR (e.g. \"10.0.0.0/8\" or \"::1/128\")"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("\"{s}\" has an invalid prefix length (0 to {max})"))?,
+    };
+    Ok(Cidr { addr, prefix })
+}
+
+fn validate_route(
+    ctx: &mut Ctx<'_>,
+    i: usize,
+    r: &RawRoute,
+    listener_names: &HashSet<String>,
+    upstreams: &BTreeMap<String, Spanned<RawUpstream>>,
+) -> RouteConfig {
+    let k = |key: &str| format!("route[{i}].{key}");
+    let listeners = r.listeners.as_ref().map(|ls| {
+        ls.iter()
+            .enumerate()
+            .map(|(j, l)| {
+                if !listener_names.contains(l.get_ref()) {
+                    ctx.error(
+                        l.span(),
+                        k(&format!("listeners[{j}]")),
+                        format!("no listener named \"{}\"", l.get_ref()),
+                    );
+                }
+                l.get_ref().clone()
+            })
+            .collect::<Vec<_>>()
+    });
+    let host = r.host.as_ref().and_then(|h| {
+        let v = h.get_ref().trim().to_ascii_lowercase();
+        let v = v.strip_suffix('.').unwrap_or(&v).to_string();
+        let valid_chars = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        if let Some(rest) = v.strip_prefix("*.") {
+            if valid_chars(rest) {
+                return Some(HostMatch::Suffix(format!(".{rest}")));
+            }
+        } else if valid_chars(&v) {
+            return Some(HostMatch::Exact(v));
+        }
+        ctx.error(
+            h.span(),
+            k("host"),
+            format!(
+                "\"{}\" is not a host name or a wildcard like \"*.example.com\" (no port, no scheme)",
+                h.get_ref()
+            ),
+        );
+        None
+    });
+    let path_prefix = match &r.path_prefix {
+        None => String::new(),
+        Some(p) => {
+            let v = p.get_ref();
+            if !v.starts_with('/') {
+                ctx.error(
+                    p.span(),
+                    k("path_prefix"),
+                    format!("\"{v}\" must start with '/'"),
+                );
+            }
+            v.trim_end_matches('/').to_string()
+        }
+    };
+    let upstream = r.upstream.get_ref().clone();
+    if !upstreams.contains_key(&upstream) {
+        ctx.error(
+            r.upstream.span(),
+            k("upstream"),
+            format!("no upstream named \"{upstream}\" (define [upstream.{upstream}])"),
+        );
+    }
+    if let Some(rl) = &r.rate_limit {
+        ctx.not_yet(rl.span(), &k("rate_limit"));
+    }
+    RouteConfig {
+        listeners,
+        host,
+        path_prefix,
+        upstream,
+    }
+}
+
+fn validate_upstream(
+    ctx: &mut Ctx<'_>,
+    _path: &Path,
+    name: &str,
+    u: &Spanned<RawUpstream>,
+) -> UpstreamConfig {
+    let k = |key: &str| format!("upstream.{name}.{key}");
+    let span = u.span();
+    let u = u.get_ref();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        ctx.error(
+            span,
+            format!("upstream.{name}"),
+            "upstream names may use letters, digits, '-', '_' and '.'",
+        );
+    }
+    let strategy = match u.strategy.as_ref() {
+        None => Strategy::RoundRobin,
+        Some(s) => match s.get_ref().as_str() {
+            "round-robin" => Strategy::RoundRobin,
+            "weighted" => Strategy::Weighted,
+            other if PLANNED_STRATEGIES.contains(&other) => {
+                ctx.error(
+                    s.span(),
+                    k("strategy"),
+                    format!("strategy \"{other}\" is not supported by fulcrum {} yet: use \"round-robin\" or \"weighted\"", env!("CARGO_PKG_VERSION")),
+                );
+                Strategy::RoundRobin
+            }
+            other => {
+                ctx.error(
+                    s.span(),
+                    k("strategy"),
+                    format!("unknown strategy \"{other}\": expected one of round-robin, weighted, least-connections, power-of-two, peak-ewma, ip-hash, consistent-hash"),
+                );
+                Strategy::RoundRobin
+            }
+        },
+    };
+
+    let mut servers: Vec<ServerConfig> = Vec::new();
+    if u.servers.get_ref().is_empty() {
+        ctx.error(
+            u.servers.span(),
+            k("servers"),
+            "at least one server is required",
+        );
+    }
+    for (i, s) in u.servers.get_ref().iter().enumerate() {
+        let sk = |key: &str| format!("upstream.{name}.servers[{i}].{key}");
+        let s = s.get_ref();
+        let weight = ctx.int(&s.weight, &sk("weight"), 1..1001, 1) as u32;
+        for address in resolve_server(ctx, &s.address, &sk("address")) {
+            if let Some(dup) = servers.iter().find(|o| o.address == address) {
+                ctx.error(
+                    s.address.span(),
+                    sk("address"),
+                    format!(
+                        "{address} is listed twice (also as \"{}\")",
+                        dup.configured_as
+                    ),
+                );
+                continue;
+            }
+            servers.push(ServerConfig {
+                address,
+                weight,
+                configured_as: s.address.get_ref().clone(),
+            });
+        }
+    }
+    if strategy == Strategy::RoundRobin {
+        if let Some(w) = u
+            .servers
+            .get_ref()
+            .iter()
+            .find_map(|s| s.get_ref().weight.as_ref())
+        {
+            if *w.get_ref() != 1 {
+                let (line, _) = ctx.line_col(w.span().start);
+                tracing::warn!(
+                    upstream = %name,
+                    line,
+                    "weights are ignored by strategy round-robin; use strategy = \"weighted\""
+                );
+            }
+        }
+    }
+
+    if let Some(h) = &u.hash_key {
+        ctx.not_yet(h.span(), &k("hash_key"));
+    }
+    if let Some(f) = &u.hash_balance_factor {
+        if *f.get_ref() != 0.0 {
+            ctx.not_yet(f.span(), &k("hash_balance_factor"));
+        }
+    }
+    if let Some(s) = &u.slow_start {
+        if !ctx
+            .duration(&u.slow_start, &k("slow_start"), Duration::ZERO)
+            .is_zero()
+        {
+            ctx.not_yet(s.span(), &k("slow_start"));
+        }
+    }
+    ctx.positive_duration(
+        &u.resolve_interval,
+        &k("resolve_interval"),
+        Duration::from_secs(30),
+    );
+    let retries = ctx.int(&u.retries, &k("retries"), 0..11, 1) as u32;
+    if let Some(b) = &u.retry_budget {
+        if !(0.0..=1.0).contains(b.get_ref()) {
+            ctx.error(b.span(), k("retry_budget"), "must be between 0.0 and 1.0");
+        }
+    }
+    if let Some(p) = &u.protocol {
+        match p.get_ref().as_str() {
+            "http1" => {}
+            "h2c" | "h2" | "http1-tls" => ctx.not_yet(p.span(), &k("protocol")),
+            other => ctx.error(
+                p.span(),
+                k("protocol"),
+                format!("unknown protocol \"{other}\": expected http1, h2c, h2 or http1-tls"),
+            ),
+        }
+    }
+    for (v, key) in [
+        (&u.tls_server_name, "tls_server_name"),
+        (&u.tls_ca, "tls_ca"),
+    ] {
+        if let Some(v) = v {
+            ctx.not_yet(v.span(), &k(key));
+        }
+    }
+    for (v, key) in [
+        (&u.sticky, "sticky"),
+        (&u.health_check, "health_check"),
+        (&u.passive_health, "passive_health"),
+    ] {
+        if let Some(v) = v {
+            ctx.not_yet(v.span(), &k(key));
+        }
+    }
+
+    UpstreamConfig {
+        name: name.to_string(),
+        strategy,
+        servers,
+        connect_timeout: ctx.positive_duration(
+            &u.connect_timeout,
+            &k("connect_timeout"),
+            Duration::from_secs(3),
+        ),
+        response_timeout: ctx.positive_duration(
+            &u.response_timeout,
+            &k("response_timeout"),
+            Duration::from_secs(60),
+        ),
+        pool_idle_timeout: ctx.positive_duration(
+            &u.pool_idle_timeout,
+            &k("pool_idle_timeout"),
+            Duration::from_secs(90),
+        ),
+        pool_max_idle_per_server: ctx.int(
+            &u.pool_max_idle_per_server,
+            &k("pool_max_idle_per_server"),
+            0..100_001,
+            64,
+        ) as usize,
+        retries,
+    }
+}
+
+/// A literal `ip:port` is one server; `name:port` is every address it resolves to.
+fn resolve_server(ctx: &mut Ctx<'_>, s: &S, key: &str) -> Vec<SocketAddr> {
+    let v = s.get_ref().trim();
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            ctx.error(s.span(), key, format!("\"{v}\" needs a non-zero port"));
+        }
+        return vec![a];
+    }
+    let Some((host, port)) = v.rsplit_once(':') else {
+        ctx.error(s.span(), key, format!("\"{v}\" is not a host:port address"));
+        return Vec::new();
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        ctx.error(s.span(), key, format!("\"{v}\" has an invalid port"));
+        return Vec::new();
+    };
+    match (host, port).to_socket_addrs() {
+        Ok(it) => {
+            let mut addrs: Vec<SocketAddr> = it.collect();
+            addrs.sort();
+            addrs.dedup();
+            if addrs.is_empty() {
+                ctx.error(s.span(), key, format!("\"{v}\" resolves to no address"));
+            }
+            addrs
+        }
+        Err(e) => {
+            ctx.error(s.span(), key, format!("cannot resolve \"{v}\": {e}"));
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        parse_and_validate(Path::new("t.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[admin]
+listen = "127.0.0.1:9901"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+max_request_body = "10MiB"
+
+[[route]]
+host = "*.Example.com"
+path_prefix = "/v1/"
+upstream = "api"
+
+[upstream.api]
+strategy = "weighted"
+servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
+"#;
+
+    #[test]
+    fn good_config() {
+        let c = check(GOOD).unwrap();
+        assert_eq!(c.listeners[0].max_request_body, Some(10 << 20));
+        assert_eq!(
+            c.routes[0].host,
+            Some(HostMatch::Suffix(".example.com".into()))
+        );
+        assert_eq!(c.routes[0].path_prefix, "/v1");
+        assert_eq!(c.upstreams[0].servers[0].weight, 3);
+        assert_eq!(c.upstreams[0].strategy, Strategy::Weighted);
+    }
+
+    #[test]
+    fn typo_names_line_and_key() {
+        let text = GOOD.replace("max_request_body", "max_request_bdy");
+        let e = check(&text).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:8:"), "{e}");
+        assert!(e.contains("max_request_bdy"), "{e}");
+    }
+
+    #[test]
+    fn collects_every_error() {
+        let text = GOOD
+            .replace("upstream = \"api\"", "upstream = \"apx\"")
+            .replace("weight = 3", "weight = 0")
+            .replace("\"10MiB\"", "\"10XB\"");
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 3, "{e}");
+        let s = e.to_string();
+        assert!(
+            s.contains("t.toml:8:20: listener[0].max_request_body"),
+            "{s}"
+        );
+        assert!(
+            s.contains("t.toml:13:12: route[0].upstream: no upstream named \"apx\""),
+            "{s}"
+        );
+        assert!(s.contains("upstream.api.servers[0].weight"), "{s}");
+    }
+
+    #[test]
+    fn cidr() {
+        let c = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,76 @@
+//! The `fulcrum` binary: parse arguments, load config, run. Exit codes: 0 after
+//! a clean shutdown, 1 on a config error, 2 when a listener can't bind.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fulcrum::cli::{Cli, Command};
+use fulcrum::config::Config;
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config, watch, log } => {
+            fulcrum::logging::init(log.log_format, &log.log_level);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if watch {
+                tracing::warn!("--watch is not implemented yet; use SIGHUP to reload");
+            }
+            let rt = match runtime(config.global.worker_threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(fulcrum::app::run(config, |_| {})) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::Demo { port, log } => {
+            fulcrum::logging::init(log.log_format, &log.log_level);
+            let rt = match runtime(0) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(fulcrum::demo::run(port)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Prometheus metric families (names and labels fixed by SPEC) and the typed
+//! handles the request path uses.
+//!
+//! Label lookups (hashing, string formatting) happen when a routing snapshot
+//! is built, never per request: the snapshot keeps the resolved handles.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Every metric family Fulcrum exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests_total: IntCounterVec,
+    pub upstream_errors_total: IntCounterVec,
+    pub upstream_response_seconds: HistogramVec,
+    pub upstream_in_flight: IntGaugeVec,
+    pub upstream_server_up: IntGaugeVec,
+    pub health_checks_total: IntCounterVec,
+    pub retries_total: IntCounterVec,
+    pub upstream_ejections_total: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub connections_rejected_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
+    pub tls_handshake_errors_total: IntCounterVec,
+    pub config_reloads_total: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_timestamp_seconds: Gauge,
+    pub config_generation: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = r.register(Box::new(pc));
+        }
+        let m = Metrics {
+            requests_total: counter(
+                &r,
+                "fulcrum_requests_total",
+                "Requests answered, by listener, upstream and status code.",
+                &["listener", "upstream", "code"],
+            ),
+            request_duration: histogram(
+                &r,
+                "fulcrum_request_duration_seconds",
+                "Time from request head to response head.",
+                &["listener", "upstream"],
+            ),
+            upstream_requests_total: counter(
+                &r,
+                "fulcrum_upstream_requests_total",
+                "Responses received from servers, by status code.",
+                &["upstream", "server", "code"],
+            ),
+            upstream_errors_total: counter(
+                &r,
+                "fulcrum_upstream_errors_total",
+                "Failed attempts to servers, by kind.",
+                &["upstream", "server", "kind"],
+            ),
+            upstream_response_seconds: histogram(
+                &r,
+                "fulcrum_upstream_response_seconds",
+                "Time from sending to a server to its response head.",
+                &["upstream", "server"],
+            ),
+            upstream_in_flight: gauge(
+                &r,
+                "fulcrum_upstream_in_flight",
+                "Requests in flight to each server.",
+                &["upstream", "server"],
+            ),
+            upstream_server_up: gauge(
+                &r,
+                "fulcrum_upstream_server_up",
+                "1 when the server is eligible for traffic.",
+                &["upstream", "server"],
+            ),
+            health_checks_total: counter(
+                &r,
+                "fulcrum_health_checks_total",
+                "Active health check results.",
+                &["upstream", "server", "result"],
+            ),
+            retries_total: counter(
+                &r,
+                "fulcrum_retries_total",
+                "Retried attempts.",
+                &["upstream"],
+            ),
+            upstream_ejections_total: counter(
+                &r,
+                "fulcrum_upstream_ejections_total",
+                "Passive-health ejections.",
+                &["upstream", "server"],
+            ),
+            connections_active: gauge(
+                &r,
+                "fulcrum_connections_active",
+                "Open client connections.",
+                &["listener"],
+            ),
+            connections_total: counter(
+                &r,
+                "fulcrum_connections_total",
+                "Accepted client connections.",
+                &["listener"],
+            ),
+            connections_rejected_total: counter(
+                &r,
+                "fulcrum_connections_rejected_total",
+                "Client connections closed at accept.",
+                &["listener", "reason"],
+            ),
+            rate_limited_total: counter(
+                &r,
+                "fulcrum_rate_limited_total",
+                "Requests answered 429 by a rate limit.",
+                &["listener", "upstream"],
+            ),
+            tls_handshake_errors_total: counter(
+                &r,
+                "fulcrum_tls_handshake_errors_total",
+                "Failed TLS handshakes.",
+                &["listener"],
+            ),
+            config_reloads_total: counter(
+                &r,
+                "fulcrum_config_reloads_total",
+                "Config reloads, by result.",
+                &["result"],
+            ),
+            config_last_reload_successful: {
+                let g = IntGauge::new(
+                    "fulcrum_config_last_reload_successful",
+                    "1 if the last reload succeeded.",
+                )
+                .expect("valid");
+                r.register(Box::new(g.clone())).expect("unique");
+                g
+            },
+            config_last_reload_success_timestamp_seconds: {
+                let g = Gauge::new(
+                    "fulcrum_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config load.",
+                )
+                .expect("valid");
+                r.register(Box::new(g.clone())).expect("unique");
+                g
+            },
+            config_generation: {
+                let g = IntGauge::new(
+                    "fulcrum_config_generation",
+                    "1 at start, +1 per successful reload.",
+                )
+                .expect("valid");
+                r.register(Box::new(g.clone())).expect("unique");
+                g
+            },
+            build_info: gauge(
+                &r,
+                "fulcrum_build_info",
+                "Always 1; the version label says which build runs.",
+                &["version"],
+            ),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m.config_last_reload_successful.set(1);
+        m
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Status codes common enough to keep a resolved counter each; any other code
+/// takes the labelled lookup (hash + format) every time, which is fine for rare codes.
+const COMMON_CODES: [u16; 20] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 408, 429, 500, 502, 503,
+    504,
+];
+
+/// Counters for one label prefix (e.g. listener + upstream), one per status
+/// code, resolved on first use and lock-free after that.
+pub struct CodeCounters {
+    vec: IntCounterVec,
+    prefix: Vec<String>,
+    slots: [OnceLock<IntCounter>; COMMON_CODES.len()],
+    /// Rare codes seen, so `remove` can find their series; touched only on the rare path.
+    rare: std::sync::Mutex<Vec<u16>>,
+}
+
+impl CodeCounters {
+    pub fn new(vec: &IntCounterVec, prefix: &[&str]) -> CodeCounters {
+        CodeCounters {
+            vec: vec.clone(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
+            slots: Default::default(),
+            rare: Default::default(),
+        }
+    }
+
+    #[inline]
+    pub fn inc(&self, code: u16) {
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.slots[i].get_or_init(|| self.resolve(code)).inc(),
+            None => {
+                if let Ok(mut rare) = self.rare.lock() {
+                    if !rare.contains(&code) {
+                        rare.push(code);
+                    }
+                }
+                self.resolve(code).inc()
+            }
+        }
+    }
+
+    fn resolve(&self, code: u16) -> IntCounter {
+        let code = code.to_string();
+        let mut labels: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        labels.push(&code);
+        self.vec.with_label_values(&labels)
+    }
+
+    /// Removes every series this owns from the family.
+    pub fn remove(&self) {
+        let rare = self.rare.lock().map(|r| r.clone()).unwrap_or_default();
+        let seen = COMMON_CODES
+            .iter()
+            .zip(self.slots.iter())
+            .filter(|(_, s)| s.get().is_some())
+            .map(|(c, _)| *c)
+            .chain(rare);
+        for code in seen {
+            let code = code.to_string();
+            let mut labels: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+            labels.push(&code);
+            let _ = self.vec.remove_label_values(&labels);
+        }
+    }
+}
+
+/// Handles for one (listener, upstream) pair.
+pub struct RouteMetrics {
+    pub requests: CodeCounters,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Removes this pair's series (the listener or upstream left the config).
+    pub fn remove_series(&self, m: &Metrics, listener: &str, upstream: &str) {
+        self.requests.remove();
+        let _ = m
+            .request_duration
+            .remove_label_values(&[listener, upstream]);
+    }
+
+    pub fn new(m: &Metrics, listener: &str, upstream: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: CodeCounters::new(&m.requests_total, &[listener, upstream]),
+            duration: m.request_duration.with_label_values(&[listener, upstream]),
+        }
+    }
+}
+
+/// Error kinds for `fulcrum_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+    Tls,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+        ErrorKind::Tls,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Tls => "tls",
+        }
+    }
+}
+
+/// Handles for one server of one upstream.
+pub struct ServerMetrics {
+    upstream: String,
+    server: String,
+    families: ServerFamilies,
+    pub responses: CodeCounters,
+    pub errors: [IntCounter; 5],
+    pub response_seconds: Histogram,
+    pub in_flight: IntGauge,
+    pub up: IntGauge,
+    pub ejections: IntCounter,
+    pub checks_pass: IntCounter,
+    pub checks_fail: IntCounter,
+}
+
+struct ServerFamilies {
+    errors: IntCounterVec,
+    response_seconds: HistogramVec,
+    in_flight: IntGaugeVec,
+    up: IntGaugeVec,
+    ejections: IntCounterVec,
+    checks: IntCounterVec,
+}
+
+impl ServerMetrics {
+    pub fn new(m: &Metrics, upstream: &str, server: &str) -> ServerMetrics {
+        let l = [upstream, server];
+        ServerMetrics {
+            upstream: upstream.to_string(),
+            server: server.to_string(),
+            families: ServerFamilies {
+                errors: m.upstream_errors_total.clone(),
+                response_seconds: m.upstream_response_seconds.clone(),
+                in_flight: m.upstream_in_flight.clone(),
+                up: m.upstream_server_up.clone(),
+                ejections: m.upstream_ejections_total.clone(),
+                checks: m.health_checks_total.clone(),
+            },
+            responses: CodeCounters::new(&m.upstream_requests_total, &l),
+            errors: ErrorKind::ALL.map(|k| {
+                m.upstream_errors_total
+                    .with_label_values(&[upstream, server, k.as_str()])
+            }),
+            response_seconds: m.upstream_response_seconds.with_label_values(&l),
+            in_flight: m.upstream_in_flight.with_label_values(&l),
+            up: m.upstream_server_up.with_label_values(&l),
+            ejections: m.upstream_ejections_total.with_label_values(&l),
+            checks_pass: m
+                .health_checks_total
+                .with_label_values(&[upstream, server, "pass"]),
+            checks_fail: m
+                .health_checks_total
+                .with_label_values(&[upstream, server, "fail"]),
+        }
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+}
+
+impl ServerMetrics {
+    /// Removes this server's series from every family (it left the config).
+    pub fn remove_series(&self) {
+        let l = [self.upstream.as_str(), self.server.as_str()];
+        let f = &self.families;
+        self.responses.remove();
+        for k in ErrorKind::ALL {
+            let _ = f.errors.remove_label_values(&[l[0], l[1], k.as_str()]);
+        }
+        let _ = f.response_seconds.remove_label_values(&l);
+        let _ = f.in_flight.remove_label_values(&l);
+        let _ = f.up.remove_label_values(&l);
+        let _ = f.ejections.remove_label_values(&l);
+        let _ = f.checks.remove_label_values(&[l[0], l[1], "pass"]);
+        let _ = f.checks.remove_label_values(&[l[0], l[1], "fail"]);
+    }
+}

@@ -1,0 +1,319 @@
+//! The request handler: route, pick, rewrite, forward, account.
+//!
+//! `handle` never fails: every `ProxyError` becomes a response at one place
+//! (`error_response`), and every response carries X-Request-Id.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod pool;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::backend::{InFlight, Registry, ServerState};
+use crate::balance::PickContext;
+use crate::routing::{request_host, RoutingTable, Upstream};
+use crate::server::conn::ConnState;
+use body::{BodyFlags, Finish, ProxyBody, ReqBody, UpstreamBody};
+use error::ProxyError;
+use headers::{PROTO_HTTP, PROTO_HTTPS, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+
+/// Process-wide state the request path reads.
+pub struct Shared {
+    pub table: ArcSwap<RoutingTable>,
+    pub registry: Arc<Registry>,
+    pub shutting_down: AtomicBool,
+}
+
+/// What a request handler knows about its client connection.
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub client_ip: IpAddr,
+    /// `client_ip` as a header value, formatted once per connection.
+    pub client_ip_value: HeaderValue,
+    pub tls: bool,
+    pub state: Arc<ConnState>,
+}
+
+/// Answers one request. Never fails.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let active = conn.state.begin();
+    let request_id = headers::request_id(req.headers_mut());
+    let table = shared.table.load_full();
+    let (mut resp, stats) = match table.listener(&conn.listener) {
+        None => (error_response(&ProxyError::Draining, &request_id), None),
+        Some(lt) => {
+            let route = match check_request(&shared, &lt.settings, &req) {
+                Err(e) => Err(e),
+                Ok(()) => lt
+                    .route(request_host(&req), req.uri().path())
+                    .ok_or(ProxyError::NoRoute),
+            };
+            match route {
+                Err(e) => (error_response(&e, &request_id), Some(&lt.no_route)),
+                Ok(route) => {
+                    let r = proxy(&route.upstream, &conn, &lt.settings, req, &request_id).await;
+                    let resp = r.unwrap_or_else(|e| {
+                        if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) = &e {
+                            tracing::debug!(upstream = %route.upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream failure");
+                        }
+                        error_response(&e, &request_id)
+                    });
+                    (resp, Some(&route.stats))
+                }
+            }
+        }
+    };
+    let status = resp.status();
+    if let Some(stats) = stats {
+        stats.metrics.requests.inc(status.as_u16());
+        stats
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        if table.config.global.access_log {
+            tracing::info!(
+                target: "fulcrum::access",
+                listener = %conn.listener,
+                client = %conn.client_ip,
+                upstream = %stats.upstream,
+                status = status.as_u16(),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = ?request_id,
+                "request"
+            );
+        }
+    }
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The tunnel task holds its own accounting; the response ends here.
+        drop(active);
+        return resp;
+    }
+    resp.map(|b| b.with_guard(active))
+}
+
+/// Checks that don't need a route: shutdown, head size.
+fn check_request(
+    shared: &Shared,
+    settings: &crate::config::ListenerConfig,
+    req: &Request<Incoming>,
+) -> Result<(), ProxyError> {
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        return Err(ProxyError::ShuttingDown);
+    }
+    let head = req.uri().path_and_query().map_or(0, |p| p.as_str().len()) + 16;
+    if head + headers::head_size(req.headers()) > settings.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+async fn proxy(
+    upstream: &Arc<Upstream>,
+    conn: &ConnInfo,
+    settings: &crate::config::ListenerConfig,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if let (Some(limit), Some(len)) = (settings.max_request_body, content_length(&req)) {
+        if len > limit {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let (mut parts, incoming) = req.into_parts();
+    let client_upgrade =
+        upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
+    rewrite_request(&mut parts, conn, upgrade);
+    let _ = request_id;
+    let (body, flags) = ReqBody::new(
+        incoming,
+        settings.max_request_body,
+        settings.body_read_timeout,
+    );
+    let mut req = Request::from_parts(parts, body);
+
+    let ctx = PickContext {};
+    let mut last: Option<&Arc<ServerState>> = None;
+    let mut attempts_left = upstream_retries(upstream) + 1;
+    loop {
+        attempts_left -= 1;
+        let server = pick_other(upstream, &ctx, last).ok_or(ProxyError::NoHealthyUpstream)?;
+        let in_flight = InFlight::new(server.clone());
+        let sent_at = Instant::now();
+        match forward::send(server, &upstream.config, req).await {
+            Ok((resp, conn1)) => {
+                server
+                    .metrics
+                    .response_seconds
+                    .observe(sent_at.elapsed().as_secs_f64());
+                server.metrics.responses.inc(resp.status().as_u16());
+                return Ok(finish_response(resp, in_flight, conn1, client_upgrade));
+            }
+            Err(f) => {
+                let e = body_error(&flags).unwrap_or(f.error);
+                if let Some(kind) = e.upstream_kind() {
+                    server.metrics.error(kind);
+                }
+                match f.request {
+                    Some(r) if e.never_sent() && attempts_left > 0 => {
+                        upstream.retries_total.inc();
+                        last = Some(server);
+                        req = r;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+fn upstream_retries(u: &Upstream) -> u32 {
+    u.config.retries
+}
+
+/// Picks a server, avoiding `last` when another one is up.
+fn pick_other<'a>(
+    upstream: &'a Upstream,
+    ctx: &PickContext,
+    last: Option<&Arc<ServerState>>,
+) -> Option<&'a Arc<ServerState>> {
+    let first = upstream.pick(ctx)?;
+    match last {
+        Some(l) if Arc::ptr_eq(l, first) && upstream.up.len() > 1 => upstream
+            .up
+            .iter()
+            .find(|s| !Arc::ptr_eq(s, l))
+            .or(Some(first)),
+        _ => Some(first),
+    }
+}
+
+fn body_error(flags: &BodyFlags) -> Option<ProxyError> {
+    if flags.too_large() {
+        Some(ProxyError::BodyTooLarge)
+    } else if flags.timed_out() {
+        Some(ProxyError::BodyTimeout)
+    } else {
+        None
+    }
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Request headers for the server: hop-by-hop removed, X-Forwarded-*, Host
+/// kept (or made from the HTTP/2 authority), origin-form URI, HTTP/1.1.
+fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: bool) {
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h, upgrade);
+    headers::append_forwarded_for(h, &conn.client_ip_value);
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        if conn.tls {
+            PROTO_HTTPS.clone()
+        } else {
+            PROTO_HTTP.clone()
+        },
+    );
+    let host = match h.get(HOST) {
+        Some(v) => Some(v.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    if let Some(host) = host {
+        if !h.contains_key(HOST) {
+            h.insert(HOST, host.clone());
+        }
+        h.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
+    parts.version = Version::HTTP_11;
+}
+
+fn finish_response(
+    resp: Response<Incoming>,
+    in_flight: InFlight,
+    conn: pool::Upstream1,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), ()));
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            tokio::spawn(tunnel(client, upstream_upgrade, in_flight, conn));
+            return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let finish = Finish {
+        in_flight,
+        conn: Some(conn),
+    };
+    Response::from_parts(parts, ProxyBody::upstream(UpstreamBody::new(body, finish)))
+}
+
+/// Copies bytes both ways between an upgraded client and server connection,
+/// counting as in flight until both sides are done.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+    _conn: pool::Upstream1,
+) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        return;
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    drop(in_flight);
+}
+
+/// The one place a `ProxyError` becomes a response.
+pub fn error_response(e: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(e.body()));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if e.closes_connection() {
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

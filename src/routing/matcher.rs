@@ -1,0 +1,84 @@
+//! Host and path matching, allocation-free.
+
+use http::header::HOST;
+use http::Request;
+
+use crate::config::HostMatch;
+
+/// The request's host without port or trailing dot: the Host header (HTTP/1)
+/// or the URI authority (HTTP/2 `:authority`, absolute-form HTTP/1).
+#[inline]
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(h: &str) -> &str {
+    let h = if let Some(rest) = h.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content
+        return rest.split(']').next().unwrap_or(rest);
+    } else {
+        match h.rfind(':') {
+            Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
+            _ => h,
+        }
+    };
+    // userinfo@host is not valid in Host, but tolerate it in absolute-form
+    let h = h.rsplit('@').next().unwrap_or(h);
+    h.strip_suffix('.').unwrap_or(h)
+}
+
+/// Case-insensitive exact or `*.suffix` match; the port is already removed.
+#[inline]
+pub fn host_matches(m: &HostMatch, host: &str) -> bool {
+    match m {
+        HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
+        HostMatch::Suffix(suffix) => {
+            host.len() > suffix.len()
+                && host.is_char_boundary(host.len() - suffix.len())
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+    }
+}
+
+/// `prefix` has no trailing slash: "/v1" matches "/v1", "/v1/" and "/v1/x",
+/// not "/v1x"; "" matches every path.
+#[inline]
+pub fn path_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let exact = HostMatch::Exact("api.example.com".into());
+        let wild = HostMatch::Suffix(".example.com".into());
+        assert!(host_matches(&exact, "API.example.com"));
+        assert!(!host_matches(&exact, "x.api.example.com"));
+        assert!(host_matches(&wild, "a.b.EXAMPLE.com"));
+        assert!(!host_matches(&wild, "example.com"));
+        assert!(!host_matches(&wild, "badexample.com"));
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com."), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn paths() {
+        assert!(path_matches("/v1", "/v1"));
+        assert!(path_matches("/v1", "/v1/"));
+        assert!(path_matches("/v1", "/v1/users"));
+        assert!(!path_matches("/v1", "/v1x"));
+        assert!(!path_matches("/v1", "/"));
+        assert!(path_matches("", "/anything"));
+    }
+}

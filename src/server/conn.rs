@@ -1,0 +1,206 @@
+//! Per-connection bookkeeping: which requests are active, and the I/O wrapper
+//! that enforces `header_read_timeout` (answering 408) and `idle_timeout`.
+//!
+//! hyper's own header timer closes without a response and runs per request;
+//! this one is a single lazily re-armed timer per connection, answers 408 as
+//! SPEC requires, and distinguishes an idle keep-alive connection (closed
+//! quietly after `idle_timeout`) from a slow request head (408 after
+//! `header_read_timeout`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Shared between a connection's I/O wrapper and its request handler.
+#[derive(Default)]
+pub struct ConnState {
+    active: AtomicU32,
+    finished: AtomicU32,
+}
+
+impl ConnState {
+    /// Marks a request active until the returned guard drops (response done).
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+pub struct ActiveGuard(Arc<ConnState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Keep-alive, between requests.
+    Idle,
+}
+
+pub struct TimedIo<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    phase: Phase,
+    phase_start: Instant,
+    head_bytes: bool,
+    seen_finished: u32,
+    first_read: bool,
+    h2: bool,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<S> TimedIo<S> {
+    pub fn new(
+        inner: S,
+        state: Arc<ConnState>,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        TimedIo {
+            inner,
+            state,
+            header_timeout,
+            idle_timeout,
+            phase: Phase::Head,
+            phase_start: now,
+            head_bytes: false,
+            seen_finished: 0,
+            first_read: true,
+            h2: false,
+            sleep: Box::pin(tokio::time::sleep_until(now + header_timeout)),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    if this.first_read {
+                        this.first_read = false;
+                        let n = got.len().min(H2_PREFACE.len());
+                        this.h2 = got[..n] == H2_PREFACE[..n];
+                    }
+                    if this.state.active() == 0 && !this.h2 {
+                        if this.phase == Phase::Idle {
+                            this.phase = Phase::Head;
+                            this.phase_start = Instant::now();
+                        }
+                        this.head_bytes = true;
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            other => {
+                if !matches!(other, Poll::Pending) {
+                    return other;
+                }
+            }
+        }
+        if this.state.active() > 0 {
+            return Poll::Pending;
+        }
+        let finished = this.state.finished.load(Ordering::Relaxed);
+        if finished != this.seen_finished {
+            this.seen_finished = finished;
+            this.phase = Phase::Idle;
+            this.head_bytes = false;
+            this.phase_start = Instant::now();
+        }
+        let limit = if this.phase == Phase::Head && !this.h2 {
+            this.header_timeout
+        } else {
+            this.idle_timeout
+        };
+        let deadline = this.phase_start + limit;
+        if this.sleep.deadline() > deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        loop {
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() < deadline {
+                // Armed for an earlier phase; move it, lazily, to the real deadline.
+                this.sleep.as_mut().reset(deadline);
+                continue;
+            }
+            if this.phase == Phase::Head && this.head_bytes && !this.h2 {
+                // Best effort: the head is incomplete, so nothing else is being written.
+                let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
+                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not received within header_read_timeout",
+                )));
+            }
+            // Idle (or a silent new connection): close quietly, as at EOF.
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,240 @@
+//! Client-facing listeners: bind, accept, serve HTTP/1.1 and h2c with hyper's
+//! auto builder, enforce connection limits, drain gracefully.
+
+pub mod conn;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::ListenerConfig;
+use crate::proxy::{self, ConnInfo, Shared};
+use conn::{ConnState, TimedIo};
+
+/// Binds a listening socket. Done before anything is started or swapped, so a
+/// taken port fails start-up (exit 2) or a reload (old config kept).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(true);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// A running listener: its accept loop and its connections.
+pub struct RunningListener {
+    pub name: String,
+    pub configured: SocketAddr,
+    pub local: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningListener {
+    /// Stops accepting, lets connections finish (up to `timeout`), returns
+    /// when they are done.
+    pub async fn drain(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(timeout + Duration::from_secs(1), self.task).await;
+    }
+
+    pub fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts the accept loop for a bound socket.
+pub fn spawn(
+    std_listener: std::net::TcpListener,
+    configured: SocketAddr,
+    settings: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+    drain_timeout: Arc<dyn Fn() -> Duration + Send + Sync>,
+) -> io::Result<RunningListener> {
+    let local = std_listener.local_addr()?;
+    let listener = TcpListener::from_std(std_listener)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let name = settings.name.clone();
+    let task = tokio::spawn(accept_loop(
+        listener,
+        settings,
+        shared,
+        stop_rx,
+        drain_timeout,
+    ));
+    Ok(RunningListener {
+        name,
+        configured,
+        local,
+        stop,
+        task,
+    })
+}
+
+/// Connections per client IP, for `max_connections_per_client`.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+struct ClientSlot(Arc<PerClient>, IpAddr);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl PerClient {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    initial: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    drain_timeout: Arc<dyn Fn() -> Duration + Send + Sync>,
+) {
+    let name: Arc<str> = Arc::from(initial.name.as_str());
+    let metrics = shared.registry.metrics.clone();
+    let active_gauge = metrics.connections_active.with_label_values(&[&name]);
+    let total = metrics.connections_total.with_label_values(&[&name]);
+    let rejected_per_client = metrics
+        .connections_rejected_total
+        .with_label_values(&[&name, "max_connections_per_client"]);
+    let limit = Arc::new(Semaphore::new(initial.max_connections));
+    let per_client = Arc::new(PerClient::default());
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        // Past max_connections we stop calling accept(): new connections wait
+        // in the kernel's accept queue, as with HAProxy's maxconn.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        total.inc();
+        // Per-request settings come from the current snapshot (they reload);
+        // a listener that a reload removed keeps its last known settings.
+        let table = shared.table.load();
+        let settings = table
+            .listener(&name)
+            .map(|l| l.settings.clone())
+            .unwrap_or_else(|| initial.clone());
+        drop(table);
+        let client_ip = peer.ip().to_canonical();
+        let slot = if settings.max_connections_per_client > 0 {
+            match per_client.acquire(client_ip, settings.max_connections_per_client) {
+                Some(s) => Some(s),
+                None => {
+                    rejected_per_client.inc();
+                    drop(stream);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::new(ConnState::default());
+        let info = Arc::new(ConnInfo {
+            listener: name.clone(),
+            client_ip,
+            client_ip_value: HeaderValue::from_str(&client_ip.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            tls: false,
+            state: state.clone(),
+        });
+        let io = TokioIo::new(TimedIo::new(
+            stream,
+            state,
+            settings.header_read_timeout,
+            settings.idle_timeout,
+        ));
+        let builder = http_builder(&settings);
+        let shared2 = shared.clone();
+        let svc = service_fn(move |req| {
+            let fut = proxy::handle(shared2.clone(), info.clone(), req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+        let conn = graceful.watch(conn);
+        let active_gauge = active_gauge.clone();
+        active_gauge.inc();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "client connection ended with error");
+            }
+            active_gauge.dec();
+            drop(slot);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let timeout = drain_timeout();
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %name, ?timeout, "connections still open after the drain timeout");
+    }
+}
+
+fn http_builder(s: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // Our TimedIo enforces header and idle timeouts and answers 408.
+        .header_read_timeout(None)
+        .max_buf_size(s.max_header_bytes.max(8192))
+        .writev(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(s.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(Some(50))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
