@@ -213,7 +213,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
                 format!("duplicate listener name \"{}\"", l.name),
             );
         }
-        if !addrs.insert(l.listen) {
+        if l.listen.port() != 0 && !addrs.insert(l.listen) {
             ctx.error(
                 raw.listeners[i].get_ref().listen.span(),
                 format!("listener[{i}].listen"),
