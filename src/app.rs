@@ -9,8 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::backend::Registry;
+use crate::backend::{clock_ms, Registry};
 use crate::config::Config;
+use crate::health::active::ActiveChecks;
+use crate::health::dns;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::routing::RoutingTable;
@@ -43,11 +45,27 @@ pub struct AppState {
     generation: AtomicU64,
     listeners: tokio::sync::Mutex<Vec<RunningListener>>,
     shutdown_timeout_ms: Arc<AtomicU64>,
+    /// Serialises snapshot swaps (reload, health changes, DNS changes) so a
+    /// slower builder can never overwrite a newer config with an older one.
+    swap: tokio::sync::Mutex<()>,
+    checks: ActiveChecks,
 }
 
 impl AppState {
     fn current(&self) -> Arc<Config> {
         self.shared.table.load().config.clone()
+    }
+
+    /// Builds and swaps in a snapshot; call with `swap` held.
+    fn publish(&self, config: Arc<Config>, generation: u64) -> Arc<RoutingTable> {
+        let table = Arc::new(RoutingTable::build(
+            config,
+            &self.shared.registry,
+            generation,
+        ));
+        self.shared.table.store(table.clone());
+        self.checks.reconcile(&table);
+        table
     }
 }
 
@@ -97,7 +115,10 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
         shutdown_timeout_ms: Arc::new(AtomicU64::new(
             config.global.shutdown_timeout.as_millis() as u64
         )),
+        swap: tokio::sync::Mutex::new(()),
+        checks: ActiveChecks::default(),
     });
+    state.checks.reconcile(&shared.table.load_full());
 
     let admin_addr = admin_sock.local_addr().unwrap_or(config.admin.listen);
     crate::admin::spawn(admin_sock, state.clone()).map_err(|source| AppError::Bind {
@@ -123,6 +144,8 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
     }
     state.started.store(true, Ordering::Relaxed);
     tokio::spawn(evict_idle_connections(shared.clone()));
+    tokio::spawn(follow_health(state.clone()));
+    tokio::spawn(follow_dns(state.clone()));
     on_bound(&bound);
     tracing::info!(generation = 1, "fulcrum ready");
 
@@ -230,9 +253,11 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     }
     let config = Arc::new(config);
     let generation = state.generation.load(Ordering::Relaxed) + 1;
-    let table = RoutingTable::build(config.clone(), &state.shared.registry, generation);
+    let table = {
+        let _swap = state.swap.lock().await;
+        state.publish(config.clone(), generation)
+    };
     let settings: Vec<_> = table.listeners.iter().map(|l| l.settings.clone()).collect();
-    state.shared.table.store(Arc::new(table));
     state.generation.store(generation, Ordering::Relaxed);
     state.shutdown_timeout_ms.store(
         config.global.shutdown_timeout.as_millis() as u64,
@@ -264,6 +289,7 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
 
 async fn shutdown(state: &Arc<AppState>) {
     state.shared.shutting_down.store(true, Ordering::Relaxed);
+    state.checks.stop_all();
     let timeout = state.current().global.shutdown_timeout;
     let running: Vec<_> = state.listeners.lock().await.drain(..).collect();
     for r in &running {
@@ -274,6 +300,71 @@ async fn shutdown(state: &Arc<AppState>) {
         d.await;
     }
     tracing::info!("shutdown complete");
+}
+
+/// Rebuilds the snapshot when a server's eligibility changes (active check
+/// verdict, passive ejection) and when an ejection's time is over.
+async fn follow_health(state: Arc<AppState>) {
+    let registry = state.shared.registry.clone();
+    loop {
+        let next_expiry = state
+            .shared
+            .table
+            .load()
+            .upstreams
+            .iter()
+            .flat_map(|u| u.servers.iter())
+            .filter_map(|s| s.ejected_until())
+            .min();
+        let wait = next_expiry.map(|t| Duration::from_millis(t.saturating_sub(clock_ms())));
+        tokio::select! {
+            _ = registry.health_changed.notified() => {}
+            _ = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let _swap = state.swap.lock().await;
+        let current = state.shared.table.load_full();
+        let now = clock_ms();
+        for s in current.upstreams.iter().flat_map(|u| u.servers.iter()) {
+            s.end_ejection_if_due(now);
+        }
+        state.publish(current.config.clone(), current.generation);
+    }
+}
+
+/// Re-resolves DNS-named servers on their `resolve_interval` and swaps in
+/// the new membership.
+async fn follow_dns(state: Arc<AppState>) {
+    let last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>> =
+        Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let current = state.shared.table.load_full();
+        let due = |name: &str, every: Duration| {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            match last.get(name) {
+                Some(t) if now.duration_since(*t) < every => false,
+                _ => {
+                    last.insert(name.to_string(), now);
+                    true
+                }
+            }
+        };
+        let Some(next) = dns::refresh(&current.config, due).await else {
+            continue;
+        };
+        let _swap = state.swap.lock().await;
+        // A reload that landed meanwhile already re-resolved everything.
+        if Arc::ptr_eq(&state.shared.table.load().config, &current.config) {
+            state.publish(Arc::new(next), current.generation);
+        }
+    }
 }
 
 /// Closes pooled upstream connections idle past `pool_idle_timeout`.

@@ -174,7 +174,7 @@ fn status_json(state: &AppState) -> serde_json::Value {
                     let (count, sum) = (h.get_sample_count(), h.get_sample_sum());
                     json!({
                         "address": s.label,
-                        "state": if s.is_up() { "up" } else { "down" },
+                        "state": s.state_name(),
                         "in_flight": s.in_flight(),
                         "responses": responses,
                         "errors": errors,

@@ -4,7 +4,9 @@
 //! then `validate` → `Config`, which collects every error it finds, each naming
 //! the file, line, column and key.
 
+mod health;
 mod raw;
+pub mod resolve;
 pub mod units;
 mod validate;
 
@@ -97,6 +99,17 @@ pub struct ServerConfig {
     pub configured_as: String,
 }
 
+impl ServerConfig {
+    /// The (name, port) to re-resolve, when the address was written as a DNS name.
+    pub fn dns_name(&self) -> Option<(&str, u16)> {
+        if self.configured_as.parse::<SocketAddr>().is_ok() {
+            return None;
+        }
+        let (host, port) = self.configured_as.rsplit_once(':')?;
+        Some((host, port.parse().ok()?))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -108,6 +121,37 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_server: usize,
     /// Extra attempts on another server when the request was never sent.
     pub retries: u32,
+    /// Retries may add at most this fraction of requests (plus a floor).
+    pub retry_budget: f64,
+    /// How often DNS names among the servers are re-resolved.
+    pub resolve_interval: Duration,
+    pub health_check: Option<HealthCheckConfig>,
+    pub passive_health: Option<PassiveHealthConfig>,
+}
+
+/// `[upstream.X.health_check]`: active HTTP probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive range of passing status codes.
+    pub expect_status: (u16, u16),
+    /// Fraction (0.0..=1.0) by which each probe's schedule is spread.
+    pub jitter: f64,
+    /// `initial_state = "up"`: serve before the first check.
+    pub initial_up: bool,
+    pub host: Option<String>,
+}
+
+/// `[upstream.X.passive_health]`: outlier ejection from live traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveHealthConfig {
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejection_percent: u32,
 }
 
 /// An IPv4 or IPv6 network in CIDR notation.

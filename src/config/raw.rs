@@ -100,6 +100,28 @@ pub(crate) struct RawUpstream {
     pub(crate) tls_server_name: Option<S>,
     pub(crate) tls_ca: Option<S>,
     pub(crate) sticky: Option<Spanned<toml::Value>>,
-    pub(crate) health_check: Option<Spanned<toml::Value>>,
-    pub(crate) passive_health: Option<Spanned<toml::Value>>,
+    pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(crate) passive_health: Option<Spanned<RawPassiveHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub(crate) path: Option<S>,
+    pub(crate) interval: Option<S>,
+    pub(crate) timeout: Option<S>,
+    pub(crate) healthy_threshold: Option<Spanned<i64>>,
+    pub(crate) unhealthy_threshold: Option<Spanned<i64>>,
+    pub(crate) expect_status: Option<S>,
+    pub(crate) jitter: Option<S>,
+    pub(crate) initial_state: Option<S>,
+    pub(crate) host: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassiveHealth {
+    pub(crate) consecutive_failures: Option<Spanned<i64>>,
+    pub(crate) ejection_time: Option<S>,
+    pub(crate) max_ejection_percent: Option<Spanned<i64>>,
 }

@@ -24,7 +24,7 @@ const PLANNED_STRATEGIES: &[&str] = &[
     "consistent-hash",
 ];
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     text: &'a str,
     diags: Vec<Diagnostic>,
 }
@@ -38,7 +38,12 @@ impl Ctx<'_> {
         (line, col)
     }
 
-    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn error(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (line, column) = self.line_col(span.start);
         self.diags.push(Diagnostic {
             line,
@@ -48,7 +53,7 @@ impl Ctx<'_> {
         });
     }
 
-    fn duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
         match v {
             None => default,
             Some(s) => match parse_duration(s.get_ref()) {
@@ -61,7 +66,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn positive_duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
+    pub(super) fn positive_duration(
+        &mut self,
+        v: &Option<S>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let d = self.duration(v, key, default);
         if d.is_zero() {
             if let Some(s) = v {
@@ -72,7 +82,13 @@ impl Ctx<'_> {
         d
     }
 
-    fn int(&mut self, v: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: i64) -> i64 {
+    pub(super) fn int(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        range: Range<i64>,
+        default: i64,
+    ) -> i64 {
         match v {
             None => default,
             Some(n) if range.contains(n.get_ref()) => *n.get_ref(),
@@ -571,17 +587,20 @@ fn validate_upstream(
             ctx.not_yet(s.span(), &k("slow_start"));
         }
     }
-    ctx.positive_duration(
+    let resolve_interval = ctx.positive_duration(
         &u.resolve_interval,
         &k("resolve_interval"),
         Duration::from_secs(30),
     );
     let retries = ctx.int(&u.retries, &k("retries"), 0..11, 1) as u32;
-    if let Some(b) = &u.retry_budget {
-        if !(0.0..=1.0).contains(b.get_ref()) {
+    let retry_budget = match &u.retry_budget {
+        None => 0.2,
+        Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
+        Some(b) => {
             ctx.error(b.span(), k("retry_budget"), "must be between 0.0 and 1.0");
+            0.2
         }
-    }
+    };
     if let Some(p) = &u.protocol {
         match p.get_ref().as_str() {
             "http1" => {}
@@ -601,15 +620,17 @@ fn validate_upstream(
             ctx.not_yet(v.span(), &k(key));
         }
     }
-    for (v, key) in [
-        (&u.sticky, "sticky"),
-        (&u.health_check, "health_check"),
-        (&u.passive_health, "passive_health"),
-    ] {
-        if let Some(v) = v {
-            ctx.not_yet(v.span(), &k(key));
-        }
+    if let Some(v) = &u.sticky {
+        ctx.not_yet(v.span(), &k("sticky"));
     }
+    let health_check = u
+        .health_check
+        .as_ref()
+        .map(|h| super::health::active(ctx, name, h.get_ref()));
+    let passive_health = u
+        .passive_health
+        .as_ref()
+        .map(|p| super::health::passive(ctx, name, p.get_ref()));
 
     UpstreamConfig {
         name: name.to_string(),
@@ -637,6 +658,10 @@ fn validate_upstream(
             64,
         ) as usize,
         retries,
+        retry_budget,
+        resolve_interval,
+        health_check,
+        passive_health,
     }
 }
 
@@ -657,11 +682,8 @@ fn resolve_server(ctx: &mut Ctx<'_>, s: &S, key: &str) -> Vec<SocketAddr> {
         ctx.error(s.span(), key, format!("\"{v}\" has an invalid port"));
         return Vec::new();
     };
-    match (host, port).to_socket_addrs() {
-        Ok(it) => {
-            let mut addrs: Vec<SocketAddr> = it.collect();
-            addrs.sort();
-            addrs.dedup();
+    match super::resolve::resolve(host, port) {
+        Ok(addrs) => {
             if addrs.is_empty() {
                 ctx.error(s.span(), key, format!("\"{v}\" resolves to no address"));
             }

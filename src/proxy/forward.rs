@@ -21,11 +21,14 @@ pub struct Failed {
     pub request: Option<Request<ReqBody>>,
 }
 
-/// Sends `req` to `server` and waits for the response head.
+/// Sends `req` to `server` and waits for the response head. `replay`
+/// rebuilds the request when it is safe to send again (bodiless and
+/// idempotent).
 pub async fn send(
     server: &Arc<ServerState>,
     cfg: &UpstreamConfig,
     mut req: Request<ReqBody>,
+    replay: Option<&(dyn Fn() -> Request<ReqBody> + Sync)>,
 ) -> Result<(Response<Incoming>, Upstream1), Failed> {
     while let Some(mut conn) = server.pool.checkout(cfg.pool_idle_timeout) {
         if conn.sender.ready().await.is_err() {
@@ -38,6 +41,16 @@ pub async fn send(
             Err(Failed {
                 request: Some(r), ..
             }) => req = r,
+            // The server closed the idle connection as we reused it (the
+            // keep-alive race): a replayable request goes on a fresh one.
+            Err(Failed {
+                error: ProxyError::UpstreamReset(e),
+                request: None,
+            }) if replay.is_some() => {
+                tracing::debug!(server = %server.addr, error = %e, "pooled connection closed under us; resending");
+                req = replay.map(|f| f()).expect("checked");
+                break;
+            }
             Err(f) => return Err(f),
         }
     }

@@ -20,8 +20,9 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::backend::{InFlight, Registry, ServerState};
+use crate::backend::{clock_ms, InFlight, Registry, ServerState};
 use crate::balance::PickContext;
+use crate::health::passive;
 use crate::routing::{request_host, RoutingTable, Upstream};
 use crate::server::conn::ConnState;
 use body::{BodyFlags, Finish, ProxyBody, ReqBody, UpstreamBody};
@@ -142,6 +143,10 @@ async fn proxy(
         upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
     rewrite_request(&mut parts, conn, upgrade);
     let _ = request_id;
+    // A bodiless idempotent request can be replayed on another server if the
+    // first one resets or times out before answering; keep its head for that.
+    let replay = (hyper::body::Body::is_end_stream(&incoming) && is_idempotent(&parts.method))
+        .then(|| parts.clone());
     let (body, flags) = ReqBody::new(
         incoming,
         settings.max_request_body,
@@ -150,31 +155,60 @@ async fn proxy(
     let mut req = Request::from_parts(parts, body);
 
     let ctx = PickContext {};
-    let mut last: Option<&Arc<ServerState>> = None;
-    let mut attempts_left = upstream_retries(upstream) + 1;
+    let mut tried: Vec<&Arc<ServerState>> = Vec::new();
+    let mut attempts_left = upstream.config.retries + 1;
+    upstream.retry_budget.record_request(clock_ms());
     loop {
         attempts_left -= 1;
-        let server = pick_other(upstream, &ctx, last).ok_or(ProxyError::NoHealthyUpstream)?;
+        let server = pick_untried(upstream, &ctx, &tried).ok_or(ProxyError::NoHealthyUpstream)?;
         let in_flight = InFlight::new(server.clone());
         let sent_at = Instant::now();
-        match forward::send(server, &upstream.config, req).await {
+        let rebuild = || {
+            let p = replay
+                .as_ref()
+                .expect("only offered with a replayable head");
+            Request::from_parts(p.clone(), ReqBody::empty(flags.clone()))
+        };
+        let replay_fn: Option<&(dyn Fn() -> Request<ReqBody> + Sync)> =
+            replay.as_ref().map(|_| &rebuild as _);
+        match forward::send(server, &upstream.config, req, replay_fn).await {
             Ok((resp, conn1)) => {
                 server
                     .metrics
                     .response_seconds
                     .observe(sent_at.elapsed().as_secs_f64());
                 server.metrics.responses.inc(resp.status().as_u16());
+                passive::record(upstream, server, resp.status().is_server_error());
                 return Ok(finish_response(resp, in_flight, conn1, client_upgrade));
             }
             Err(f) => {
                 let e = body_error(&flags).unwrap_or(f.error);
                 if let Some(kind) = e.upstream_kind() {
                     server.metrics.error(kind);
+                    passive::record(upstream, server, true);
                 }
-                match f.request {
-                    Some(r) if e.never_sent() && attempts_left > 0 => {
+                let next = match f.request {
+                    Some(r) if e.never_sent() => Some(r),
+                    _ if matches!(
+                        e,
+                        ProxyError::UpstreamReset(_) | ProxyError::ResponseTimeout
+                    ) && !flags.started() =>
+                    {
+                        replay.as_ref().map(|_| rebuild())
+                    }
+                    _ => None,
+                };
+                match next {
+                    Some(r)
+                        if attempts_left > 0
+                            && upstream.up.len() > tried.len() + 1
+                            && upstream
+                                .retry_budget
+                                .try_retry(upstream.config.retry_budget, clock_ms()) =>
+                    {
                         upstream.retries_total.inc();
-                        last = Some(server);
+                        tracing::debug!(upstream = %upstream.name, server = %server.addr, error = %e, "retrying on another server");
+                        tried.push(server);
                         req = r;
                     }
                     _ => return Err(e),
@@ -184,24 +218,27 @@ async fn proxy(
     }
 }
 
-fn upstream_retries(u: &Upstream) -> u32 {
-    u.config.retries
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    *m == Method::GET
+        || *m == Method::HEAD
+        || *m == Method::OPTIONS
+        || *m == Method::PUT
+        || *m == Method::DELETE
+        || *m == Method::TRACE
 }
 
-/// Picks a server, avoiding `last` when another one is up.
-fn pick_other<'a>(
+/// Picks an up server not tried yet for this request. The snapshot's up list
+/// can trail a health change by a moment, so a pick is re-checked.
+fn pick_untried<'a>(
     upstream: &'a Upstream,
     ctx: &PickContext,
-    last: Option<&Arc<ServerState>>,
+    tried: &[&Arc<ServerState>],
 ) -> Option<&'a Arc<ServerState>> {
-    let first = upstream.pick(ctx)?;
-    match last {
-        Some(l) if Arc::ptr_eq(l, first) && upstream.up.len() > 1 => upstream
-            .up
-            .iter()
-            .find(|s| !Arc::ptr_eq(s, l))
-            .or(Some(first)),
-        _ => Some(first),
+    let usable = |s: &Arc<ServerState>| s.is_up() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
+    match upstream.pick(ctx) {
+        Some(s) if usable(s) => Some(s),
+        _ => upstream.up.iter().find(|s| usable(s)),
     }
 }
 

@@ -15,6 +15,7 @@ use prometheus::IntCounter;
 use crate::backend::{Registry, RouteStats, ServerState};
 use crate::balance::{Balancer, PickContext};
 use crate::config::{Config, HostMatch, ListenerConfig, UpstreamConfig};
+use crate::health::budget::RetryBudget;
 
 /// One immutable generation of the routing configuration.
 pub struct RoutingTable {
@@ -51,6 +52,7 @@ pub struct Upstream {
     pub up: Vec<Arc<ServerState>>,
     pub balancer: Balancer,
     pub retries_total: IntCounter,
+    pub retry_budget: Arc<RetryBudget>,
 }
 
 impl Upstream {
@@ -72,7 +74,10 @@ impl RoutingTable {
             let servers: Vec<Arc<ServerState>> = u
                 .servers
                 .iter()
-                .map(|s| registry.server(&u.name, s.address))
+                .map(|s| {
+                    let initial_up = u.health_check.as_ref().is_none_or(|h| h.initial_up);
+                    registry.server(&u.name, s.address, initial_up)
+                })
                 .collect();
             let up: Vec<Arc<ServerState>> = servers.iter().filter(|s| s.is_up()).cloned().collect();
             let weights: Vec<u32> = u
@@ -89,6 +94,7 @@ impl RoutingTable {
                 servers,
                 up,
                 retries_total: metrics.retries_total.with_label_values(&[&u.name]),
+                retry_budget: registry.retry_budget(&u.name),
             });
             upstreams.insert(u.name.as_str(), upstream.clone());
             ordered.push(upstream);

@@ -41,6 +41,7 @@ pub struct Backend {
     pub hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Backend {
@@ -63,13 +64,15 @@ impl Backend {
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (h, s) = (hits.clone(), seen.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let c = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         hits.fetch_add(1, Ordering::SeqCst);
                         seen.lock().unwrap().push(Seen {
@@ -84,6 +87,7 @@ impl Backend {
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                c.lock().unwrap().push(conn.abort_handle());
             }
         });
         Backend {
@@ -91,6 +95,7 @@ impl Backend {
             hits,
             seen,
             task,
+            conns,
         }
     }
 
@@ -112,14 +117,18 @@ impl Backend {
             .expect("backend saw a request")
     }
 
+    /// Stops like a killed process: no more accepts, every open connection closed.
     pub fn stop(&self) {
         self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -158,6 +167,14 @@ impl Fulcrum {
     }
 
     pub fn start_with_args(toml: &str, args: &[&str]) -> Fulcrum {
+        Fulcrum::start_full(toml, args, &[])
+    }
+
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Fulcrum {
+        Fulcrum::start_full(toml, &[], env)
+    }
+
+    pub fn start_full(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Fulcrum {
         let dir = temp_dir();
         let config_path = dir.join("fulcrum.toml");
         std::fs::write(&config_path, toml).unwrap();
@@ -166,6 +183,7 @@ impl Fulcrum {
             .arg(&config_path)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -426,4 +444,41 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 pub async fn scrape(f: &Fulcrum) -> String {
     get(f.admin, "/metrics").await.text()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes (a readiness
+/// wait on observable state, not a sleep standing in for synchronisation).
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `state` of server `addr` in upstream `upstream` from /status.json.
+pub async fn server_state(f: &Fulcrum, upstream: &str, addr: SocketAddr) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&get(f.admin, "/status.json").await.body).unwrap();
+    v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == upstream)
+        .and_then(|u| {
+            u["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["address"] == addr.to_string())
+        })
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| "absent".into())
 }
