@@ -27,12 +27,15 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Bind { .. } => 2,
+            AppError::Signals(_) => 1,
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct Bound {
 /// Runs until SIGTERM/SIGINT and a graceful drain. `on_bound` is called once
 /// every listener is bound and serving.
 pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), AppError> {
+    let signals = Signals::install().map_err(AppError::Signals)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(metrics.clone());
     let config = Arc::new(config);
@@ -149,7 +153,7 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
     on_bound(&bound);
     tracing::info!(generation = 1, "fulcrum ready");
 
-    wait_for_signals(&state).await;
+    signals.serve(&state).await;
     shutdown(&state).await;
     Ok(())
 }
@@ -174,32 +178,52 @@ fn start_listener(
     })
 }
 
+/// Signal streams, installed before anything is announced as ready so that
+/// an early SIGHUP reloads instead of killing the process.
 #[cfg(unix)]
-async fn wait_for_signals(state: &Arc<AppState>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            // Signals that arrive during a reload are coalesced by the
-            // stream into one more reload.
-            _ = hup.recv() => reload(state).await,
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); return }
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn serve(mut self, state: &Arc<AppState>) {
+        loop {
+            tokio::select! {
+                // Signals that arrive during a reload are coalesced by the
+                // stream into one more reload.
+                _ = self.hup.recv() => reload(state).await,
+                _ = self.term.recv() => { tracing::info!("SIGTERM: draining"); return }
+                _ = self.int.recv() => { tracing::info!("SIGINT: draining"); return }
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_state: &Arc<AppState>) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn serve(self, _state: &Arc<AppState>) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Reloads the config file; on any failure the running config is untouched.
@@ -235,21 +259,26 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     let mut running = state.listeners.lock().await;
     // Bind new addresses before anything changes; a taken port fails here.
     let mut fresh = Vec::new();
+    // A listener is the same listener when both its name and its configured
+    // address are unchanged; it then keeps its socket and connections.
+    let same = |r: &RunningListener, l: &crate::config::ListenerConfig| {
+        r.name == l.name && r.configured == l.listen
+    };
     for l in &config.listeners {
-        match running.iter().find(|r| r.configured == l.listen) {
-            Some(r) if r.name != l.name => {
-                return Err(format!(
-                    "listener on {} is renamed from \"{}\" to \"{}\": renaming a bound listener needs a restart",
-                    l.listen, r.name, l.name
-                ))
-            }
-            Some(_) => {}
-            None => {
-                let sock = server::bind(l.listen)
-                    .map_err(|e| format!("cannot listen on {} for listener \"{}\": {e}", l.listen, l.name))?;
-                fresh.push(sock);
-            }
+        if running.iter().any(|r| same(r, l)) {
+            continue;
         }
+        let sock = server::bind(l.listen).map_err(|e| {
+            let renamed = running.iter().find(|r| r.configured == l.listen && l.listen.port() != 0);
+            match renamed {
+                Some(r) => format!(
+                    "cannot listen on {} for listener \"{}\": {e} (held by listener \"{}\"; renaming a bound listener needs a restart)",
+                    l.listen, l.name, r.name
+                ),
+                None => format!("cannot listen on {} for listener \"{}\": {e}", l.listen, l.name),
+            }
+        })?;
+        fresh.push(sock);
     }
     let config = Arc::new(config);
     let generation = state.generation.load(Ordering::Relaxed) + 1;
@@ -267,7 +296,7 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     // Removed listeners stop accepting and drain in the background.
     let (keep, gone): (Vec<_>, Vec<_>) = running
         .drain(..)
-        .partition(|r| config.listeners.iter().any(|l| l.listen == r.configured));
+        .partition(|r| config.listeners.iter().any(|l| same(r, l)));
     *running = keep;
     let timeout = config.global.shutdown_timeout;
     for r in gone {
@@ -276,7 +305,7 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     }
     let mut fresh = fresh.into_iter();
     for s in settings {
-        if running.iter().any(|r| r.configured == s.listen) {
+        if running.iter().any(|r| same(r, &s)) {
             continue;
         }
         let Some(sock) = fresh.next() else { break };

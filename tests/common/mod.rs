@@ -278,7 +278,7 @@ impl Fulcrum {
                     return l
                 }
                 Ok(_) => continue,
-                Err(_) => panic!("no reload result logged"),
+                Err(_) => panic!("no reload result logged; logs:\n{}", self.logs()),
             }
         }
     }
@@ -286,6 +286,11 @@ impl Fulcrum {
     /// SIGTERM and wait for exit; returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         self.signal("TERM");
+        self.terminate_wait()
+    }
+
+    /// Waits (up to 40 s) for the process to exit; returns the exit code.
+    pub fn terminate_wait(&mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
