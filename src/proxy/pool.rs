@@ -4,6 +4,9 @@
 //! is taken out for one exchange and put back only when the response body has
 //! ended cleanly, so a pooled handle is always ready for the next request.
 //! Most recently used first: warm connections stay warm, the rest age out.
+//!
+//! HTTP/2 upstreams (`h2`, `h2c`) multiplex: one shared connection per server,
+//! whose cloned `SendRequest` handles serve any number of concurrent requests.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,11 +28,20 @@ struct Idle {
     since: Instant,
 }
 
+/// A handle on a shared HTTP/2 connection to a server.
+pub type Sender2 = hyper::client::conn::http2::SendRequest<ReqBody>;
+
+struct Shared2 {
+    sender: Sender2,
+    last_used: Instant,
+}
+
 /// Idle connections to one server. The mutex guards a push or a pop, never
 /// I/O or an await.
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<Shared2>>,
 }
 
 impl Pool {
@@ -66,6 +78,46 @@ impl Pool {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|i| now.duration_since(i.since) < idle_timeout && !i.conn.sender.is_closed());
+        drop(idle);
+        // Dropping the last handle closes the HTTP/2 connection once its
+        // streams (requests still in flight hold their own handles) end.
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        if h2.as_ref().is_some_and(|s| {
+            now.duration_since(s.last_used) >= idle_timeout || s.sender.is_closed()
+        }) {
+            *h2 = None;
+        }
+    }
+
+    /// A handle on the server's open HTTP/2 connection, if there is one.
+    pub fn h2(&self) -> Option<Sender2> {
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        match h2.as_mut() {
+            Some(s) if !s.sender.is_closed() => {
+                s.last_used = Instant::now();
+                Some(s.sender.clone())
+            }
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Makes `sender` the server's shared HTTP/2 connection.
+    pub fn set_h2(&self, sender: Sender2) {
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        *h2 = Some(Shared2 {
+            sender,
+            last_used: Instant::now(),
+        });
+    }
+
+    /// Forgets the shared HTTP/2 connection (it failed).
+    pub fn clear_h2(&self) {
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        *h2 = None;
     }
 
     pub fn idle_count(&self) -> usize {
