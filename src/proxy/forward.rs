@@ -46,7 +46,7 @@ async fn send_h1(
     cfg: &UpstreamConfig,
     mut req: Request<ReqBody>,
 ) -> Result<(Response<Incoming>, Upstream1), Failed> {
-    while let Some(mut conn) = server.pool.checkout(cfg.pool_idle_timeout) {
+    while let Some(mut conn) = server.pool.checkout(cfg.pool_idle_timeout, cfg.protocol) {
         if conn.sender.ready().await.is_err() {
             continue;
         }
@@ -101,7 +101,7 @@ async fn send_h2(
     mut req: Request<ReqBody>,
 ) -> Result<Response<Incoming>, Failed> {
     to_h2_request(&mut req, cfg, server);
-    if let Some(mut sender) = server.pool.h2() {
+    if let Some(mut sender) = server.pool.h2(cfg.protocol) {
         match exchange_h2(&mut sender, cfg, req).await {
             Ok(resp) => return Ok(resp),
             // The connection went away (GOAWAY, close) before the request
@@ -124,7 +124,7 @@ async fn send_h2(
             })
         }
     };
-    server.pool.set_h2(sender.clone());
+    server.pool.set_h2(sender.clone(), cfg.protocol);
     exchange_h2(&mut sender, cfg, req).await
 }
 
@@ -283,6 +283,7 @@ where
     Ok(Upstream1 {
         sender,
         max_idle: cfg.pool_max_idle_per_server,
+        protocol: cfg.protocol,
     })
 }
 

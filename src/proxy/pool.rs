@@ -14,6 +14,7 @@ use std::time::Duration;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
+use crate::config::UpstreamProtocol;
 use crate::proxy::body::ReqBody;
 
 /// One upstream HTTP/1.1 connection handle.
@@ -21,6 +22,9 @@ pub struct Upstream1 {
     pub sender: SendRequest<ReqBody>,
     /// Pool settings of the upstream this was opened for.
     pub max_idle: usize,
+    /// Plain or TLS: a reload that changes an upstream's protocol must not
+    /// reuse connections opened for the old one.
+    pub protocol: UpstreamProtocol,
 }
 
 struct Idle {
@@ -34,6 +38,7 @@ pub type Sender2 = hyper::client::conn::http2::SendRequest<ReqBody>;
 struct Shared2 {
     sender: Sender2,
     last_used: Instant,
+    protocol: UpstreamProtocol,
 }
 
 /// Idle connections to one server. The mutex guards a push or a pop, never
@@ -47,11 +52,18 @@ pub struct Pool {
 impl Pool {
     /// The most recently returned connection that is still open and younger
     /// than `idle_timeout`.
-    pub fn checkout(&self, idle_timeout: Duration) -> Option<Upstream1> {
+    pub fn checkout(
+        &self,
+        idle_timeout: Duration,
+        protocol: UpstreamProtocol,
+    ) -> Option<Upstream1> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) < idle_timeout && !i.conn.sender.is_closed() {
+            if now.duration_since(i.since) < idle_timeout
+                && !i.conn.sender.is_closed()
+                && i.conn.protocol == protocol
+            {
                 return Some(i.conn);
             }
         }
@@ -90,10 +102,10 @@ impl Pool {
     }
 
     /// A handle on the server's open HTTP/2 connection, if there is one.
-    pub fn h2(&self) -> Option<Sender2> {
+    pub fn h2(&self, protocol: UpstreamProtocol) -> Option<Sender2> {
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         match h2.as_mut() {
-            Some(s) if !s.sender.is_closed() => {
+            Some(s) if !s.sender.is_closed() && s.protocol == protocol => {
                 s.last_used = Instant::now();
                 Some(s.sender.clone())
             }
@@ -106,11 +118,12 @@ impl Pool {
     }
 
     /// Makes `sender` the server's shared HTTP/2 connection.
-    pub fn set_h2(&self, sender: Sender2) {
+    pub fn set_h2(&self, sender: Sender2, protocol: UpstreamProtocol) {
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         *h2 = Some(Shared2 {
             sender,
             last_used: Instant::now(),
+            protocol,
         });
     }
 
