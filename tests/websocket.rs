@@ -111,3 +111,40 @@ async fn upgrade_refused_by_the_server_is_a_normal_response() {
     assert_eq!(b.last().headers.get("upgrade").unwrap(), "websocket");
     assert_eq!(c.get("/next", "x.test").await.text(), "plain");
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_an_open_tunnel() {
+    let (echo, _task) = websocket_echo().await;
+    let f = Fulcrum::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[global]\nshutdown_timeout = \"20s\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nupstream = \"ws\"\n\n[upstream.ws]\nservers = [{{ address = \"{echo}\" }}]\n"
+    ));
+    let tcp = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://chat.test/socket", tcp)
+        .await
+        .unwrap();
+    round_trip(&mut ws, "before").await;
+    f.signal("TERM");
+    f.wait_log("SIGTERM", Duration::from_secs(5));
+    // The tunnel keeps working while the listener drains.
+    round_trip(&mut ws, "during drain").await;
+    let mut f = f;
+    assert!(
+        f.child.try_wait().unwrap().is_none(),
+        "exited with a tunnel open"
+    );
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = f.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after the tunnel closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -44,6 +44,15 @@ pub struct ConnInfo {
     pub client_ip_value: HeaderValue,
     pub tls: bool,
     pub state: Arc<ConnState>,
+    /// Holds the listener's drain open: an upgrade takes it into its tunnel,
+    /// so shutdown waits for tunnels too (up to `shutdown_timeout`).
+    pub drain: std::sync::Mutex<Option<hyper_util::server::graceful::Watcher>>,
+}
+
+impl ConnInfo {
+    fn take_drain(&self) -> Option<hyper_util::server::graceful::Watcher> {
+        self.drain.lock().ok().and_then(|mut w| w.take())
+    }
 }
 
 /// Answers one request. Never fails.
@@ -173,7 +182,11 @@ async fn proxy(
                     resp,
                     in_flight,
                     conn1,
-                    client_upgrade.map(|u| (u, conn.state.begin())),
+                    client_upgrade.map(|u| TunnelHold {
+                        upgrade: u,
+                        active: conn.state.begin(),
+                        drain: conn.take_drain(),
+                    }),
                 ));
             }
             Err(f) => {
@@ -272,20 +285,28 @@ fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: b
     parts.version = Version::HTTP_11;
 }
 
-/// `client_upgrade`: the client's pending upgrade and a guard that keeps its
-/// connection marked busy (no header/idle timeout) while a tunnel runs.
+/// What a client's upgrade request carries into its tunnel.
+struct TunnelHold {
+    upgrade: hyper::upgrade::OnUpgrade,
+    /// Keeps the client connection marked busy, so its header/idle timer
+    /// never fires inside the tunnel.
+    active: ActiveGuard,
+    /// Keeps the listener's graceful drain waiting for the tunnel.
+    drain: Option<hyper_util::server::graceful::Watcher>,
+}
+
 fn finish_response(
     resp: Response<Incoming>,
     in_flight: InFlight,
     conn: Option<pool::Upstream1>,
-    client_upgrade: Option<(hyper::upgrade::OnUpgrade, ActiveGuard)>,
+    client_upgrade: Option<TunnelHold>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some((client, active)) = client_upgrade {
+        if let Some(hold) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), ()));
             headers::strip_hop_by_hop(&mut parts.headers, true);
-            tokio::spawn(tunnel(client, upstream_upgrade, in_flight, active, conn));
+            tokio::spawn(tunnel(hold, upstream_upgrade, in_flight, conn));
             return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
         }
     }
@@ -296,15 +317,18 @@ fn finish_response(
 
 /// Copies bytes both ways between an upgraded client and server connection
 /// (with backpressure: each side is read only as fast as the other takes
-/// it), counting as in flight until both sides are done. `active` keeps the
-/// client connection's header/idle timer from firing inside the tunnel.
+/// it), counting as in flight until both sides are done.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    hold: TunnelHold,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
-    active: ActiveGuard,
     _conn: Option<pool::Upstream1>,
 ) {
+    let TunnelHold {
+        upgrade: client,
+        active,
+        drain,
+    } = hold;
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
         return;
     };
@@ -315,6 +339,7 @@ async fn tunnel(
     }
     drop(in_flight);
     drop(active);
+    drop(drain);
 }
 
 /// The one place a `ProxyError` becomes a response.

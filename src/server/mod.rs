@@ -192,6 +192,7 @@ async fn accept_loop(
                 .unwrap_or(HeaderValue::from_static("unknown")),
             tls: tls_config.is_some(),
             state: Arc::new(ConnState::default()),
+            drain: std::sync::Mutex::new(Some(graceful.watcher())),
         });
         let watcher = graceful.watcher();
         let shared2 = shared.clone();
