@@ -886,4 +886,59 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
             .unwrap()
             .contains("::1".parse().unwrap()));
     }
+
+    #[test]
+    fn upstream_protocols_and_tls_keys() {
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"weighted\"\nprotocol = \"h2\"\ntls_server_name = \"api.internal\"",
+        );
+        let c = check(&text).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.protocol, UpstreamProtocol::H2);
+        let tls = u.tls.as_ref().unwrap();
+        assert_eq!(tls.client.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            u.tls_name_for(u.servers[0].address).unwrap().to_str(),
+            "api.internal"
+        );
+
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"weighted\"\nprotocol = \"h3\"",
+        );
+        let e = check(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("upstream.api.protocol: unknown protocol \"h3\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listener_tls_errors_name_the_key() {
+        let text = GOOD.replace(
+            "max_request_body = \"10MiB\"",
+            "[listener.tls]\ncertificates = []\nmin_version = \"1.0\"",
+        );
+        let e = check(&text).unwrap_err().to_string();
+        assert!(e.contains("listener[0].tls.min_version"), "{e}");
+        assert!(
+            e.contains("listener[0].tls.certificates: at least one"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_config_file() {
+        let base = Path::new("/etc/fulcrum/fulcrum.toml");
+        assert_eq!(
+            config_relative(base, "certs/a.pem"),
+            Path::new("/etc/fulcrum/certs/a.pem")
+        );
+        assert_eq!(config_relative(base, "/abs/a.pem"), Path::new("/abs/a.pem"));
+        assert_eq!(
+            config_relative(Path::new("f.toml"), "a.pem"),
+            Path::new("a.pem")
+        );
+    }
 }
