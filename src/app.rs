@@ -123,10 +123,13 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
     }
     state.started.store(true, Ordering::Relaxed);
     tokio::spawn(evict_idle_connections(shared.clone()));
+    // Handlers go in before "ready": a SIGHUP or SIGTERM sent right after
+    // must not hit the default action (terminate).
+    let signals = Signals::install();
     on_bound(&bound);
     tracing::info!(generation = 1, "fulcrum ready");
 
-    wait_for_signals(&state).await;
+    wait_for_signals(&state, signals).await;
     shutdown(&state).await;
     Ok(())
 }
@@ -152,13 +155,41 @@ fn start_listener(
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(state: &Arc<AppState>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+struct Signals(
+    std::io::Result<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals((|| {
+            Ok((
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })())
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Signals {
+        Signals
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(state: &Arc<AppState>, signals: Signals) {
+    let Ok((mut hup, mut term, mut int)) = signals.0 else {
         tracing::error!("cannot install signal handlers");
         let _ = tokio::signal::ctrl_c().await;
         return;
@@ -175,7 +206,7 @@ async fn wait_for_signals(state: &Arc<AppState>) {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_state: &Arc<AppState>) {
+async fn wait_for_signals(_state: &Arc<AppState>, _signals: Signals) {
     let _ = tokio::signal::ctrl_c().await;
 }
 
