@@ -13,6 +13,7 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The whole validated configuration.
@@ -54,6 +55,61 @@ pub struct ListenerConfig {
     pub body_read_timeout: Duration,
     pub max_connections_per_client: usize,
     pub trusted_proxies: Vec<Cidr>,
+    /// Present when this listener terminates TLS.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination of one listener, with every certificate already loaded
+/// (a reload re-reads the files, so a rotated certificate takes effect).
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// rustls settings: SNI certificate resolver, ALPN h2 + http/1.1,
+    /// protocol versions from `min_version`.
+    pub server: Arc<rustls::ServerConfig>,
+    /// The certificate and key files, in config order.
+    pub files: Vec<PathBuf>,
+}
+
+/// How Fulcrum talks to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over TCP.
+    Http1,
+    /// HTTP/1.1 over TLS.
+    Http1Tls,
+    /// HTTP/2 with prior knowledge over TCP.
+    H2c,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http1Tls => "http1-tls",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Http1Tls | UpstreamProtocol::H2)
+    }
+}
+
+/// TLS towards an upstream's servers.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trust anchors (`tls_ca` or the webpki roots) and ALPN.
+    pub client: Arc<rustls::ClientConfig>,
+    /// `tls_server_name`: SNI and the name the certificate must match. When
+    /// absent, each server's configured host name (or IP) is used.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 /// How a route matches the request's host.
@@ -121,6 +177,9 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_server: usize,
     /// Extra attempts on another server when the request was never sent.
     pub retries: u32,
+    pub protocol: UpstreamProtocol,
+    /// Present when `protocol` uses TLS.
+    pub tls: Option<UpstreamTls>,
     /// Retries may add at most this fraction of requests (plus a floor).
     pub retry_budget: f64,
     /// How often DNS names among the servers are re-resolved.
@@ -152,6 +211,32 @@ pub struct PassiveHealthConfig {
     pub consecutive_failures: u32,
     pub ejection_time: Duration,
     pub max_ejection_percent: u32,
+}
+
+impl UpstreamConfig {
+    /// The TLS name for a server: `tls_server_name`, else the host the server
+    /// was configured as (a DNS name or an IP address).
+    pub fn tls_name_for(&self, addr: SocketAddr) -> Option<rustls_pki_types::ServerName<'static>> {
+        let tls = self.tls.as_ref()?;
+        if let Some(n) = &tls.server_name {
+            return Some(n.clone());
+        }
+        let configured = self
+            .servers
+            .iter()
+            .find(|s| s.address == addr)
+            .map(|s| s.configured_as.trim());
+        // A server written as a DNS name is verified against that name.
+        let dns_host = configured
+            .filter(|c| c.parse::<SocketAddr>().is_err())
+            .and_then(|c| c.rsplit_once(':'))
+            .map(|(host, _)| host)
+            .filter(|h| !h.is_empty());
+        match dns_host {
+            Some(h) => rustls_pki_types::ServerName::try_from(h.to_string()).ok(),
+            None => Some(rustls_pki_types::ServerName::IpAddress(addr.ip().into())),
+        }
+    }
 }
 
 /// An IPv4 or IPv6 network in CIDR notation.

@@ -61,7 +61,21 @@ pub(crate) struct RawListener {
     pub(crate) max_connections_per_client: Option<Spanned<i64>>,
     pub(crate) proxy_protocol: Option<Spanned<bool>>,
     pub(crate) trusted_proxies: Option<Vec<S>>,
-    pub(crate) tls: Option<Spanned<toml::Value>>,
+    pub(crate) tls: Option<Spanned<RawListenerTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub(crate) certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub(crate) min_version: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub(crate) cert: S,
+    pub(crate) key: S,
 }
 
 #[derive(Debug, Deserialize)]

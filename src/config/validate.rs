@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawListener, RawRoute, RawSize, RawUpstream, S};
+use super::raw::{RawConfig, RawListener, RawListenerTls, RawRoute, RawSize, RawUpstream, S};
 use super::units::{parse_duration, parse_size};
 use super::{
     AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HostMatch, ListenerConfig,
-    RouteConfig, ServerConfig, Strategy, UpstreamConfig,
+    ListenerTls, RouteConfig, ServerConfig, Strategy, UpstreamConfig, UpstreamProtocol,
+    UpstreamTls,
 };
+use crate::server::tls::{load_certified_key, server_config, MinVersion};
 
 /// Strategy names from the SPEC that a later version implements.
 const PLANNED_STRATEGIES: &[&str] = &[
@@ -220,7 +222,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
     let mut addrs = HashSet::new();
     addrs.insert(admin.listen);
     for (i, l) in raw.listeners.iter().enumerate() {
-        let l = validate_listener(ctx, i, l.get_ref());
+        let l = validate_listener(ctx, path, i, l.get_ref());
         let name_span = raw.listeners[i].get_ref().name.span();
         if !names.insert(l.name.clone()) {
             ctx.error(
@@ -294,7 +296,7 @@ fn socket_addr(ctx: &mut Ctx<'_>, s: &S, key: &str) -> SocketAddr {
     }
 }
 
-fn validate_listener(ctx: &mut Ctx<'_>, i: usize, l: &RawListener) -> ListenerConfig {
+fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) -> ListenerConfig {
     let k = |key: &str| format!("listener[{i}].{key}");
     let name = l.name.get_ref().trim().to_string();
     if name.is_empty() {
@@ -355,9 +357,10 @@ fn validate_listener(ctx: &mut Ctx<'_>, i: usize, l: &RawListener) -> ListenerCo
             Err(e) => ctx.error(c.span(), k(&format!("trusted_proxies[{j}]")), e),
         }
     }
-    if let Some(t) = &l.tls {
-        ctx.not_yet(t.span(), &k("tls"));
-    }
+    let tls = l
+        .tls
+        .as_ref()
+        .and_then(|t| validate_listener_tls(ctx, path, i, t.get_ref(), t.span()));
     ListenerConfig {
         name,
         listen,
@@ -369,7 +372,75 @@ fn validate_listener(ctx: &mut Ctx<'_>, i: usize, l: &RawListener) -> ListenerCo
         body_read_timeout,
         max_connections_per_client,
         trusted_proxies,
+        tls,
     }
+}
+
+/// A path from the config file, relative to the file's directory.
+fn config_relative(config: &Path, p: &str) -> std::path::PathBuf {
+    let p = Path::new(p.trim());
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    config.parent().unwrap_or(Path::new("")).join(p)
+}
+
+/// `[listener.tls]`: loads every certificate now, so a bad one fails the
+/// start or the reload with the file and key named.
+fn validate_listener_tls(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    i: usize,
+    t: &RawListenerTls,
+    span: Range<usize>,
+) -> Option<ListenerTls> {
+    let k = |key: &str| format!("listener[{i}].tls.{key}");
+    let min = match t.min_version.as_ref() {
+        None => MinVersion::Tls12,
+        Some(v) => match v.get_ref().trim() {
+            "1.2" => MinVersion::Tls12,
+            "1.3" => MinVersion::Tls13,
+            other => {
+                ctx.error(
+                    v.span(),
+                    k("min_version"),
+                    format!("unknown TLS version \"{other}\": expected \"1.2\" or \"1.3\""),
+                );
+                MinVersion::Tls12
+            }
+        },
+    };
+    if t.certificates.get_ref().is_empty() {
+        let s = if t.certificates.span().is_empty() {
+            span
+        } else {
+            t.certificates.span()
+        };
+        ctx.error(s, k("certificates"), "at least one certificate is required");
+        return None;
+    }
+    let mut keys = Vec::new();
+    let mut files = Vec::new();
+    let mut ok = true;
+    for (j, c) in t.certificates.get_ref().iter().enumerate() {
+        let span = c.span();
+        let c = c.get_ref();
+        let cert = config_relative(path, c.cert.get_ref());
+        let key = config_relative(path, c.key.get_ref());
+        match load_certified_key(&cert, &key) {
+            Ok(ck) => keys.push(std::sync::Arc::new(ck)),
+            Err(e) => {
+                ctx.error(span, k(&format!("certificates[{j}]")), e);
+                ok = false;
+            }
+        }
+        files.push(cert);
+        files.push(key);
+    }
+    ok.then(|| ListenerTls {
+        server: server_config(keys, min),
+        files,
+    })
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -480,7 +551,7 @@ fn validate_route(
 
 fn validate_upstream(
     ctx: &mut Ctx<'_>,
-    _path: &Path,
+    path: &Path,
     name: &str,
     u: &Spanned<RawUpstream>,
 ) -> UpstreamConfig {
@@ -601,27 +672,28 @@ fn validate_upstream(
             0.2
         }
     };
-    if let Some(p) = &u.protocol {
-        match p.get_ref().as_str() {
-            "http1" => {}
-            "h2c" | "h2" | "http1-tls" => ctx.not_yet(p.span(), &k("protocol")),
-            other => ctx.error(
-                p.span(),
-                k("protocol"),
-                format!("unknown protocol \"{other}\": expected http1, h2c, h2 or http1-tls"),
-            ),
-        }
-    }
-    for (v, key) in [
-        (&u.tls_server_name, "tls_server_name"),
-        (&u.tls_ca, "tls_ca"),
-    ] {
+    let protocol = match u.protocol.as_ref() {
+        None => UpstreamProtocol::Http1,
+        Some(p) => match p.get_ref().as_str() {
+            "http1" => UpstreamProtocol::Http1,
+            "http1-tls" => UpstreamProtocol::Http1Tls,
+            "h2c" => UpstreamProtocol::H2c,
+            "h2" => UpstreamProtocol::H2,
+            other => {
+                ctx.error(
+                    p.span(),
+                    k("protocol"),
+                    format!("unknown protocol \"{other}\": expected http1, h2c, h2 or http1-tls"),
+                );
+                UpstreamProtocol::Http1
+            }
+        },
+    };
+    let tls = validate_upstream_tls(ctx, path, name, u, protocol);
+    for (v, key) in [(&u.sticky, "sticky")] {
         if let Some(v) = v {
             ctx.not_yet(v.span(), &k(key));
         }
-    }
-    if let Some(v) = &u.sticky {
-        ctx.not_yet(v.span(), &k("sticky"));
     }
     let health_check = u
         .health_check
@@ -662,6 +734,69 @@ fn validate_upstream(
         resolve_interval,
         health_check,
         passive_health,
+        protocol,
+        tls,
+    }
+}
+
+/// `tls_server_name` and `tls_ca`, for the protocols that use TLS.
+fn validate_upstream_tls(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    name: &str,
+    u: &RawUpstream,
+    protocol: UpstreamProtocol,
+) -> Option<UpstreamTls> {
+    let k = |key: &str| format!("upstream.{name}.{key}");
+    if !protocol.uses_tls() {
+        for (v, key) in [
+            (&u.tls_server_name, "tls_server_name"),
+            (&u.tls_ca, "tls_ca"),
+        ] {
+            if let Some(v) = v {
+                ctx.error(
+                    v.span(),
+                    k(key),
+                    format!(
+                        "only used when protocol is \"h2\" or \"http1-tls\" (protocol is \"{}\")",
+                        protocol.as_str()
+                    ),
+                );
+            }
+        }
+        return None;
+    }
+    let server_name = match &u.tls_server_name {
+        None => None,
+        Some(n) => match rustls_pki_types::ServerName::try_from(n.get_ref().trim().to_string()) {
+            Ok(sn) => Some(sn),
+            Err(_) => {
+                ctx.error(
+                    n.span(),
+                    k("tls_server_name"),
+                    format!("\"{}\" is not a DNS name or IP address", n.get_ref()),
+                );
+                None
+            }
+        },
+    };
+    let ca = u
+        .tls_ca
+        .as_ref()
+        .map(|c| config_relative(path, c.get_ref()));
+    match crate::proxy::upstream_tls::client_config(ca.as_deref(), protocol.is_h2()) {
+        Ok(client) => Some(UpstreamTls {
+            client,
+            server_name,
+        }),
+        Err(e) => {
+            let (span, key) = match &u.tls_ca {
+                Some(c) => (c.span(), k("tls_ca")),
+                None => (0..0, k("protocol")),
+            };
+            ctx.error(span, key, e);
+            None
+        }
     }
 }
 
@@ -774,5 +909,60 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
         assert!(parse_cidr("::1/128")
             .unwrap()
             .contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn upstream_protocols_and_tls_keys() {
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"weighted\"\nprotocol = \"h2\"\ntls_server_name = \"api.internal\"",
+        );
+        let c = check(&text).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.protocol, UpstreamProtocol::H2);
+        let tls = u.tls.as_ref().unwrap();
+        assert_eq!(tls.client.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            u.tls_name_for(u.servers[0].address).unwrap().to_str(),
+            "api.internal"
+        );
+
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"weighted\"\nprotocol = \"h3\"",
+        );
+        let e = check(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("upstream.api.protocol: unknown protocol \"h3\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listener_tls_errors_name_the_key() {
+        let text = GOOD.replace(
+            "max_request_body = \"10MiB\"",
+            "[listener.tls]\ncertificates = []\nmin_version = \"1.0\"",
+        );
+        let e = check(&text).unwrap_err().to_string();
+        assert!(e.contains("listener[0].tls.min_version"), "{e}");
+        assert!(
+            e.contains("listener[0].tls.certificates: at least one"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_config_file() {
+        let base = Path::new("/etc/fulcrum/fulcrum.toml");
+        assert_eq!(
+            config_relative(base, "certs/a.pem"),
+            Path::new("/etc/fulcrum/certs/a.pem")
+        );
+        assert_eq!(config_relative(base, "/abs/a.pem"), Path::new("/abs/a.pem"));
+        assert_eq!(
+            config_relative(Path::new("f.toml"), "a.pem"),
+            Path::new("a.pem")
+        );
     }
 }

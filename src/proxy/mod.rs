@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod upstream_tls;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,7 @@ use crate::backend::{clock_ms, InFlight, Registry, ServerState};
 use crate::balance::PickContext;
 use crate::health::passive;
 use crate::routing::{request_host, RoutingTable, Upstream};
-use crate::server::conn::ConnState;
+use crate::server::conn::{ActiveGuard, ConnState};
 use body::{BodyFlags, Finish, ProxyBody, ReqBody, UpstreamBody};
 use error::ProxyError;
 use headers::{PROTO_HTTP, PROTO_HTTPS, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -44,6 +45,15 @@ pub struct ConnInfo {
     pub client_ip_value: HeaderValue,
     pub tls: bool,
     pub state: Arc<ConnState>,
+    /// Holds the listener's drain open: an upgrade takes it into its tunnel,
+    /// so shutdown waits for tunnels too (up to `shutdown_timeout`).
+    pub drain: std::sync::Mutex<Option<hyper_util::server::graceful::Watcher>>,
+}
+
+impl ConnInfo {
+    fn take_drain(&self) -> Option<hyper_util::server::graceful::Watcher> {
+        self.drain.lock().ok().and_then(|mut w| w.take())
+    }
 }
 
 /// Answers one request. Never fails.
@@ -137,7 +147,11 @@ async fn proxy(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    // HTTP/1.1 Upgrade (WebSocket) is tunnelled to HTTP/1.1 servers; an h2
+    // server gets the request without its hop-by-hop upgrade headers.
+    let upgrade = req.version() == Version::HTTP_11
+        && headers::wants_upgrade(req.headers())
+        && !upstream.config.protocol.is_h2();
     let (mut parts, incoming) = req.into_parts();
     let client_upgrade =
         upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
@@ -179,7 +193,16 @@ async fn proxy(
                     .observe(sent_at.elapsed().as_secs_f64());
                 server.metrics.responses.inc(resp.status().as_u16());
                 passive::record(upstream, server, resp.status().is_server_error());
-                return Ok(finish_response(resp, in_flight, conn1, client_upgrade));
+                return Ok(finish_response(
+                    resp,
+                    in_flight,
+                    conn1,
+                    client_upgrade.map(|u| TunnelHold {
+                        upgrade: u,
+                        active: conn.state.begin(),
+                        drain: conn.take_drain(),
+                    }),
+                ));
             }
             Err(f) => {
                 let e = body_error(&flags).unwrap_or(f.error);
@@ -299,44 +322,61 @@ fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: b
     parts.version = Version::HTTP_11;
 }
 
+/// What a client's upgrade request carries into its tunnel.
+struct TunnelHold {
+    upgrade: hyper::upgrade::OnUpgrade,
+    /// Keeps the client connection marked busy, so its header/idle timer
+    /// never fires inside the tunnel.
+    active: ActiveGuard,
+    /// Keeps the listener's graceful drain waiting for the tunnel.
+    drain: Option<hyper_util::server::graceful::Watcher>,
+}
+
 fn finish_response(
     resp: Response<Incoming>,
     in_flight: InFlight,
-    conn: pool::Upstream1,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    conn: Option<pool::Upstream1>,
+    client_upgrade: Option<TunnelHold>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
+        if let Some(hold) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), ()));
             headers::strip_hop_by_hop(&mut parts.headers, true);
-            tokio::spawn(tunnel(client, upstream_upgrade, in_flight, conn));
+            tokio::spawn(tunnel(hold, upstream_upgrade, in_flight, conn));
             return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    let finish = Finish {
-        in_flight,
-        conn: Some(conn),
-    };
+    let finish = Finish { in_flight, conn };
     Response::from_parts(parts, ProxyBody::upstream(UpstreamBody::new(body, finish)))
 }
 
-/// Copies bytes both ways between an upgraded client and server connection,
-/// counting as in flight until both sides are done.
+/// Copies bytes both ways between an upgraded client and server connection
+/// (with backpressure: each side is read only as fast as the other takes
+/// it), counting as in flight until both sides are done.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    hold: TunnelHold,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
-    _conn: pool::Upstream1,
+    _conn: Option<pool::Upstream1>,
 ) {
+    let TunnelHold {
+        upgrade: client,
+        active,
+        drain,
+    } = hold;
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
         return;
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(server = %in_flight.server().label, error = %e, "tunnel ended with error");
+    }
     drop(in_flight);
+    drop(active);
+    drop(drain);
 }
 
 /// The one place a `ProxyError` becomes a response.
