@@ -223,3 +223,57 @@ async fn tls_keys_need_a_tls_protocol() {
     assert!(text.contains("upstream.app2.tls_ca"), "{text}");
     assert!(text.contains("nope.pem"), "{text}");
 }
+
+/// Active checks speak the upstream's protocol: TLS with its CA and name,
+/// and HTTP/2 for h2/h2c.
+#[tokio::test]
+async fn health_checks_use_the_upstream_protocol() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let ca = TestCa::new();
+    let dir = temp_dir();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let ca_path = dir.join("ca.pem").display().to_string();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let b = Backend::start_tls(ca.server_config(&ca.leaf(&["backend.test"])), move |req| {
+        let h = h.clone();
+        async move {
+            let mut r = Response::new(full(format!("{:?}", req.version())));
+            if req.uri().path() == "/healthz" && !h.load(Ordering::SeqCst) {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    for protocol in ["http1-tls", "h2"] {
+        healthy.store(true, Ordering::SeqCst);
+        let f = Fulcrum::start(&upstream_cfg(
+            &b,
+            &format!(
+                "protocol = \"{protocol}\"\ntls_server_name = \"backend.test\"\ntls_ca = {ca_path:?}\n\
+                 [upstream.app.health_check]\ninterval = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 1\njitter = \"0%\""
+            ),
+        ));
+        let before = b.hits();
+        eventually(std::time::Duration::from_secs(5), "probes pass", || {
+            let n = b.hits();
+            async move { n >= before + 2 }
+        })
+        .await;
+        assert_eq!(server_state(&f, "app", b.addr).await, "up", "{protocol}");
+        let probe = b.last();
+        assert_eq!(
+            probe.uri.ends_with("/healthz"),
+            true,
+            "{protocol}: {probe:?}"
+        );
+        healthy.store(false, Ordering::SeqCst);
+        eventually(std::time::Duration::from_secs(5), "server down", || async {
+            server_state(&f, "app", b.addr).await == "down"
+        })
+        .await;
+        assert_eq!(get(f.addr("web"), "/").await.status, 503, "{protocol}");
+    }
+}

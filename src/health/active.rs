@@ -15,15 +15,46 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::backend::ServerState;
-use crate::config::HealthCheckConfig;
+use crate::config::{HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
 use crate::routing::RoutingTable;
+use rustls_pki_types::ServerName;
 
 type Key = (Arc<str>, SocketAddr);
+
+/// What a probe needs besides the check settings: how to talk to the server.
+#[derive(Clone)]
+struct Target {
+    protocol: UpstreamProtocol,
+    /// Client TLS settings and the name to verify, for TLS protocols.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+impl Target {
+    fn of(u: &UpstreamConfig, addr: SocketAddr) -> Target {
+        Target {
+            protocol: u.protocol,
+            tls: u
+                .tls
+                .as_ref()
+                .zip(u.tls_name_for(addr))
+                .map(|(t, name)| (t.client.clone(), name)),
+        }
+    }
+
+    fn same(&self, other: &Target) -> bool {
+        self.protocol == other.protocol
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some((a, n)), Some((b, m))) => Arc::ptr_eq(a, b) && n == m,
+                _ => false,
+            }
+    }
+}
 
 /// The running probe tasks, reconciled with each new snapshot.
 #[derive(Default)]
 pub struct ActiveChecks {
-    tasks: Mutex<HashMap<Key, (HealthCheckConfig, JoinHandle<()>)>>,
+    tasks: Mutex<HashMap<Key, (HealthCheckConfig, Target, JoinHandle<()>)>>,
 }
 
 impl ActiveChecks {
@@ -32,32 +63,36 @@ impl ActiveChecks {
     /// state (pass/fail streaks) restarts; the server's up/down state does not.
     pub fn reconcile(&self, table: &RoutingTable) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wanted: HashMap<Key, (&HealthCheckConfig, &Arc<ServerState>)> = HashMap::new();
+        let mut wanted: HashMap<Key, (&HealthCheckConfig, Target, &Arc<ServerState>)> =
+            HashMap::new();
         for u in &table.upstreams {
             if let Some(hc) = &u.config.health_check {
                 for s in &u.servers {
-                    wanted.insert((u.name.clone(), s.addr), (hc, s));
+                    let target = Target::of(&u.config, s.addr);
+                    wanted.insert((u.name.clone(), s.addr), (hc, target, s));
                 }
             }
         }
-        tasks.retain(|key, (cfg, handle)| {
-            let keep = wanted.get(key).is_some_and(|(c, _)| *c == cfg);
+        tasks.retain(|key, (cfg, target, handle)| {
+            let keep = wanted
+                .get(key)
+                .is_some_and(|(c, t, _)| *c == cfg && t.same(target));
             if !keep {
                 handle.abort();
             }
             keep
         });
-        for (key, (cfg, server)) in wanted {
+        for (key, (cfg, target, server)) in wanted {
             tasks.entry(key).or_insert_with(|| {
-                let handle = tokio::spawn(probe_loop(server.clone(), cfg.clone()));
-                (cfg.clone(), handle)
+                let handle = tokio::spawn(probe_loop(server.clone(), cfg.clone(), target.clone()));
+                (cfg.clone(), target, handle)
             });
         }
     }
 
     pub fn stop_all(&self) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, (_, h)) in tasks.drain() {
+        for (_, (_, _, h)) in tasks.drain() {
             h.abort();
         }
     }
@@ -89,11 +124,11 @@ impl Jitter {
     }
 }
 
-async fn probe_loop(server: Arc<ServerState>, cfg: HealthCheckConfig) {
+async fn probe_loop(server: Arc<ServerState>, cfg: HealthCheckConfig, target: Target) {
     let mut jitter = Jitter::new(server.addr);
     let (mut passes, mut fails) = (0u32, 0u32);
     loop {
-        let verdict = probe(&server, &cfg).await;
+        let verdict = probe(&server, &cfg, &target).await;
         match verdict {
             Ok(()) => {
                 server.metrics.checks_pass.inc();
@@ -118,41 +153,84 @@ async fn probe_loop(server: Arc<ServerState>, cfg: HealthCheckConfig) {
     }
 }
 
-/// One probe on a fresh connection: passes when the status is in range
-/// within `timeout`.
-async fn probe(server: &ServerState, cfg: &HealthCheckConfig) -> Result<(), String> {
-    match tokio::time::timeout(cfg.timeout, probe_once(server, cfg)).await {
+/// One probe on a fresh connection, in the upstream's protocol: passes when
+/// the status is in range within `timeout`.
+async fn probe(
+    server: &ServerState,
+    cfg: &HealthCheckConfig,
+    target: &Target,
+) -> Result<(), String> {
+    match tokio::time::timeout(cfg.timeout, probe_once(server, cfg, target)).await {
         Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
         Ok(r) => r,
     }
 }
 
-async fn probe_once(server: &ServerState, cfg: &HealthCheckConfig) -> Result<(), String> {
+async fn probe_once(
+    server: &ServerState,
+    cfg: &HealthCheckConfig,
+    target: &Target,
+) -> Result<(), String> {
     let stream = TcpStream::connect(server.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
     let host = cfg.host.clone().unwrap_or_else(|| server.addr.to_string());
-    let req = Request::get(cfg.path.as_str())
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "fulcrum-health-check")
-        .header(http::header::CONNECTION, "close")
+    let h2 = target.protocol.is_h2();
+    let mut builder = Request::get(if h2 {
+        format!("http://{host}{}", cfg.path)
+    } else {
+        cfg.path.clone()
+    })
+    .header(http::header::USER_AGENT, "fulcrum-health-check");
+    if !h2 {
+        builder = builder
+            .header(http::header::HOST, host.as_str())
+            .header(http::header::CONNECTION, "close");
+    }
+    let req = builder
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    conn.abort();
-    let status: StatusCode = resp.status();
+    let status = match &target.tls {
+        Some((client, name)) => {
+            let tls = crate::proxy::upstream_tls::connect(client.clone(), name.clone(), stream)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            exchange(TokioIo::new(tls), h2, req).await?
+        }
+        None => exchange(TokioIo::new(stream), h2, req).await?,
+    };
     let (lo, hi) = cfg.expect_status;
     if (lo..=hi).contains(&status.as_u16()) {
         Ok(())
     } else {
         Err(format!("status {}", status.as_u16()))
     }
+}
+
+/// Sends one request over `io` with HTTP/1.1 or HTTP/2 and returns the status.
+async fn exchange<I>(io: I, h2: bool, req: Request<Empty<Bytes>>) -> Result<StatusCode, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let resp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let r = sender.send_request(req).await;
+        conn.abort();
+        r
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let r = sender.send_request(req).await;
+        conn.abort();
+        r
+    };
+    resp.map(|r| r.status())
+        .map_err(|e| format!("request: {e}"))
 }
