@@ -54,8 +54,11 @@ impl Target {
 /// The running probe tasks, reconciled with each new snapshot.
 #[derive(Default)]
 pub struct ActiveChecks {
-    tasks: Mutex<HashMap<Key, (HealthCheckConfig, Target, JoinHandle<()>)>>,
+    tasks: Mutex<HashMap<Key, Probe>>,
 }
+
+/// A running probe task and what it was started with.
+type Probe = (HealthCheckConfig, Target, JoinHandle<()>);
 
 impl ActiveChecks {
     /// Starts probes for servers that gained a health check, stops those of
