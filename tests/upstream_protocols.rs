@@ -264,11 +264,7 @@ async fn health_checks_use_the_upstream_protocol() {
         .await;
         assert_eq!(server_state(&f, "app", b.addr).await, "up", "{protocol}");
         let probe = b.last();
-        assert_eq!(
-            probe.uri.ends_with("/healthz"),
-            true,
-            "{protocol}: {probe:?}"
-        );
+        assert!(probe.uri.ends_with("/healthz"), "{protocol}: {probe:?}");
         healthy.store(false, Ordering::SeqCst);
         eventually(std::time::Duration::from_secs(5), "server down", || async {
             server_state(&f, "app", b.addr).await == "down"
