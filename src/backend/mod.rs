@@ -8,8 +8,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+
+use crate::balance::{clock_ms_at, LoadHook, PeakEwma};
 
 use crate::metrics::{Metrics, RouteMetrics, ServerMetrics};
 use crate::proxy::pool::Pool;
@@ -21,8 +26,16 @@ pub struct ServerState {
     /// `ip:port`, the `server` metric label.
     pub label: String,
     in_flight: AtomicUsize,
+    /// In-flight requests over every server of this upstream (shared).
+    group_in_flight: Arc<AtomicUsize>,
     /// Whether the server may receive traffic (health checks clear it).
     up: AtomicBool,
+    /// When the server last came up, as `clock_ms + 1`; 0 = not ramping.
+    up_since: AtomicU64,
+    /// Peak-EWMA of response-head latency (used by `peak-ewma`).
+    pub ewma: PeakEwma,
+    /// Told about every in-flight change (used by `least-connections`).
+    pub(crate) load_hook: ArcSwapOption<LoadHook>,
     pub pool: Pool,
     pub metrics: ServerMetrics,
     registry: Weak<Registry>,
@@ -39,6 +52,40 @@ impl ServerState {
 
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records when the server came up, which starts its `slow_start` ramp;
+    /// `None` means it has been up long enough (full weight).
+    pub fn set_up_since(&self, at: Option<Instant>) {
+        let v = at.map_or(0, |t| clock_ms_at(t) + 1);
+        self.up_since.store(v, Ordering::Relaxed);
+    }
+
+    /// `clock_ms` at which the server came up, if a ramp may be running.
+    #[inline]
+    pub fn up_since_ms(&self) -> Option<u64> {
+        match self.up_since.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v - 1),
+        }
+    }
+
+    /// In-flight requests over every server of this server's upstream.
+    #[inline]
+    pub fn group_in_flight(&self) -> usize {
+        self.group_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The shared upstream-wide in-flight counter.
+    pub(crate) fn group_in_flight_handle(&self) -> Arc<AtomicUsize> {
+        self.group_in_flight.clone()
+    }
+
+    #[inline]
+    fn load_changed(&self) {
+        if let Some(h) = &*self.load_hook.load() {
+            h.update(self);
+        }
     }
 }
 
@@ -68,6 +115,8 @@ pub struct InFlight(Arc<ServerState>);
 impl InFlight {
     pub fn new(server: Arc<ServerState>) -> InFlight {
         server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.group_in_flight.fetch_add(1, Ordering::Relaxed);
+        server.load_changed();
         InFlight(server)
     }
 
@@ -79,6 +128,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.group_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.load_changed();
     }
 }
 
@@ -113,6 +164,7 @@ impl Drop for RouteStats {
 struct Inner {
     servers: HashMap<(Arc<str>, SocketAddr), Weak<ServerState>>,
     routes: HashMap<(String, String), Weak<RouteStats>>,
+    groups: HashMap<Arc<str>, Weak<AtomicUsize>>,
 }
 
 /// Identity-keyed store of long-lived state. Locked only while a snapshot is
@@ -143,13 +195,26 @@ impl Registry {
             return s;
         }
         let label = addr.to_string();
+        inner.groups.retain(|_, w| w.strong_count() > 0);
+        let group_in_flight = match inner.groups.get(&key.0).and_then(Weak::upgrade) {
+            Some(g) => g,
+            None => {
+                let g = Arc::new(AtomicUsize::new(0));
+                inner.groups.insert(key.0.clone(), Arc::downgrade(&g));
+                g
+            }
+        };
         let state = Arc::new(ServerState {
             upstream: key.0.clone(),
             addr,
             metrics: ServerMetrics::new(&self.metrics, upstream, &label),
             label,
             in_flight: AtomicUsize::new(0),
+            group_in_flight,
             up: AtomicBool::new(true),
+            up_since: AtomicU64::new(0),
+            ewma: PeakEwma::default(),
+            load_hook: ArcSwapOption::empty(),
             pool: Pool::default(),
             registry: Arc::downgrade(self),
         });

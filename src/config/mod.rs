@@ -78,6 +78,11 @@ pub struct RouteConfig {
 pub enum Strategy {
     RoundRobin,
     Weighted,
+    LeastConnections,
+    PowerOfTwo,
+    PeakEwma,
+    IpHash,
+    ConsistentHash,
 }
 
 impl Strategy {
@@ -85,8 +90,51 @@ impl Strategy {
         match self {
             Strategy::RoundRobin => "round-robin",
             Strategy::Weighted => "weighted",
+            Strategy::LeastConnections => "least-connections",
+            Strategy::PowerOfTwo => "power-of-two",
+            Strategy::PeakEwma => "peak-ewma",
+            Strategy::IpHash => "ip-hash",
+            Strategy::ConsistentHash => "consistent-hash",
         }
     }
+
+    /// Every strategy, in the order the docs list them.
+    pub const ALL: [Strategy; 7] = [
+        Strategy::RoundRobin,
+        Strategy::Weighted,
+        Strategy::LeastConnections,
+        Strategy::PowerOfTwo,
+        Strategy::PeakEwma,
+        Strategy::IpHash,
+        Strategy::ConsistentHash,
+    ];
+
+    pub fn from_name(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// What `consistent-hash` hashes (`hash_key`). A request without the named
+/// part falls back to its client IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+    Path,
+}
+
+/// `[upstream.X.sticky]`: cookie session affinity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    /// `None` = session cookie.
+    pub max_age: Option<Duration>,
+    pub secure: bool,
+    pub http_only: bool,
+    /// "Lax", "Strict" or "None" as written in the cookie attribute.
+    pub same_site: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +150,12 @@ pub struct UpstreamConfig {
     pub name: String,
     pub strategy: Strategy,
     pub servers: Vec<ServerConfig>,
+    pub hash_key: HashKey,
+    /// 0 = off; else no server takes more than this × the mean in-flight load.
+    pub hash_balance_factor: f64,
+    /// Zero = off.
+    pub slow_start: Duration,
+    pub sticky: Option<StickyConfig>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::backend::{InFlight, Registry, ServerState};
-use crate::balance::PickContext;
+use crate::balance::{ewma, PickContext};
 use crate::routing::{request_host, RoutingTable, Upstream};
 use crate::server::conn::ConnState;
 use body::{BodyFlags, Finish, ProxyBody, ReqBody, UpstreamBody};
@@ -140,6 +140,8 @@ async fn proxy(
     let (mut parts, incoming) = req.into_parts();
     let client_upgrade =
         upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
+    let ctx = upstream.pick_context(&parts, conn.client_ip);
+    let sticky = upstream.sticky_target(&parts.headers);
     rewrite_request(&mut parts, conn, upgrade);
     let _ = request_id;
     let (body, flags) = ReqBody::new(
@@ -149,24 +151,33 @@ async fn proxy(
     );
     let mut req = Request::from_parts(parts, body);
 
-    let ctx = PickContext {};
     let mut last: Option<&Arc<ServerState>> = None;
     let mut attempts_left = upstream_retries(upstream) + 1;
     loop {
         attempts_left -= 1;
-        let server = pick_other(upstream, &ctx, last).ok_or(ProxyError::NoHealthyUpstream)?;
+        let server = match (sticky, last) {
+            (Some(s), None) => s,
+            _ => pick_other(upstream, &ctx, last).ok_or(ProxyError::NoHealthyUpstream)?,
+        };
         let in_flight = InFlight::new(server.clone());
         let sent_at = Instant::now();
         match forward::send(server, &upstream.config, req).await {
             Ok((resp, conn1)) => {
+                let latency = sent_at.elapsed();
                 server
                     .metrics
                     .response_seconds
-                    .observe(sent_at.elapsed().as_secs_f64());
+                    .observe(latency.as_secs_f64());
                 server.metrics.responses.inc(resp.status().as_u16());
-                return Ok(finish_response(resp, in_flight, conn1, client_upgrade));
+                ewma::record_response(server, latency, resp.status().as_u16(), resp.headers());
+                let mut resp = finish_response(resp, in_flight, conn1, client_upgrade);
+                if let Some(c) = upstream.sticky_cookie(sticky, server) {
+                    resp.headers_mut().append(SET_COOKIE, c.clone());
+                }
+                return Ok(resp);
             }
             Err(f) => {
+                server.ewma.penalize();
                 let e = body_error(&flags).unwrap_or(f.error);
                 if let Some(kind) = e.upstream_kind() {
                     server.metrics.error(kind);
@@ -191,7 +202,7 @@ fn upstream_retries(u: &Upstream) -> u32 {
 /// Picks a server, avoiding `last` when another one is up.
 fn pick_other<'a>(
     upstream: &'a Upstream,
-    ctx: &PickContext,
+    ctx: &PickContext<'_>,
     last: Option<&Arc<ServerState>>,
 ) -> Option<&'a Arc<ServerState>> {
     let first = upstream.pick(ctx)?;
