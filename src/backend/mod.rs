@@ -9,8 +9,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+pub use crate::balance::clock_ms;
+use crate::balance::{clock_ms_at, LoadHook, PeakEwma};
 
 use crate::health::budget::RetryBudget;
 use crate::metrics::{Metrics, RouteMetrics, ServerMetrics};
@@ -31,6 +36,14 @@ pub struct ServerState {
     ejected_until: AtomicU64,
     /// Live-traffic failures in a row (passive health).
     consecutive_failures: AtomicU32,
+    /// In-flight requests over every server of this upstream (shared).
+    group_in_flight: Arc<AtomicUsize>,
+    /// When the server last came up, as `clock_ms + 1`; 0 = not ramping.
+    up_since: AtomicU64,
+    /// Peak-EWMA of response-head latency (used by `peak-ewma`).
+    pub ewma: PeakEwma,
+    /// Told about every in-flight change (used by `least-connections`).
+    pub(crate) load_hook: ArcSwapOption<LoadHook>,
     pub pool: Pool,
     pub metrics: ServerMetrics,
     registry: Weak<Registry>,
@@ -69,6 +82,10 @@ impl ServerState {
     /// Records an active-check verdict; returns true when it changed.
     pub fn set_checked_down(&self, down: bool) -> bool {
         let changed = self.checked_down.swap(down, Ordering::Relaxed) != down;
+        if changed && !down {
+            // Coming back: `slow_start` ramps it up from here.
+            self.set_up_since(Some(Instant::now()));
+        }
         if changed {
             self.metrics.up.set(self.is_up() as i64);
             self.health_changed();
@@ -111,6 +128,7 @@ impl ServerState {
     pub fn end_ejection_if_due(&self, now_ms: u64) -> bool {
         if self.is_ejected() && self.ejected_until.load(Ordering::Relaxed) <= now_ms {
             self.ejected.store(false, Ordering::Relaxed);
+            self.set_up_since(Some(Instant::now()));
             self.metrics.up.set(self.is_up() as i64);
             tracing::info!(upstream = %self.upstream, server = %self.addr, "server back from ejection");
             return true;
@@ -123,12 +141,40 @@ impl ServerState {
             r.health_changed.notify_one();
         }
     }
-}
 
-/// Milliseconds on a monotonic process clock.
-pub fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    /// Records when the server came up, which starts its `slow_start` ramp;
+    /// `None` means it has been up long enough (full weight).
+    pub fn set_up_since(&self, at: Option<Instant>) {
+        let v = at.map_or(0, |t| clock_ms_at(t) + 1);
+        self.up_since.store(v, Ordering::Relaxed);
+    }
+
+    /// `clock_ms` at which the server came up, if a ramp may be running.
+    #[inline]
+    pub fn up_since_ms(&self) -> Option<u64> {
+        match self.up_since.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v - 1),
+        }
+    }
+
+    /// In-flight requests over every server of this server's upstream.
+    #[inline]
+    pub fn group_in_flight(&self) -> usize {
+        self.group_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The shared upstream-wide in-flight counter.
+    pub(crate) fn group_in_flight_handle(&self) -> Arc<AtomicUsize> {
+        self.group_in_flight.clone()
+    }
+
+    #[inline]
+    fn load_changed(&self) {
+        if let Some(h) = &*self.load_hook.load() {
+            h.update(self);
+        }
+    }
 }
 
 impl Drop for ServerState {
@@ -157,6 +203,8 @@ pub struct InFlight(Arc<ServerState>);
 impl InFlight {
     pub fn new(server: Arc<ServerState>) -> InFlight {
         server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.group_in_flight.fetch_add(1, Ordering::Relaxed);
+        server.load_changed();
         InFlight(server)
     }
 
@@ -168,6 +216,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.group_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.load_changed();
     }
 }
 
@@ -203,6 +253,7 @@ struct Inner {
     servers: HashMap<(Arc<str>, SocketAddr), Weak<ServerState>>,
     routes: HashMap<(String, String), Weak<RouteStats>>,
     budgets: HashMap<String, Weak<RetryBudget>>,
+    groups: HashMap<Arc<str>, Weak<AtomicUsize>>,
 }
 
 /// Identity-keyed store of long-lived state. Locked only while a snapshot is
@@ -242,6 +293,15 @@ impl Registry {
             return s;
         }
         let label = addr.to_string();
+        inner.groups.retain(|_, w| w.strong_count() > 0);
+        let group_in_flight = match inner.groups.get(&key.0).and_then(Weak::upgrade) {
+            Some(g) => g,
+            None => {
+                let g = Arc::new(AtomicUsize::new(0));
+                inner.groups.insert(key.0.clone(), Arc::downgrade(&g));
+                g
+            }
+        };
         let state = Arc::new(ServerState {
             upstream: key.0.clone(),
             addr,
@@ -252,6 +312,10 @@ impl Registry {
             ejected: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            group_in_flight,
+            up_since: AtomicU64::new(0),
+            ewma: PeakEwma::default(),
+            load_hook: ArcSwapOption::empty(),
             pool: Pool::default(),
             registry: Arc::downgrade(self),
         });

@@ -136,6 +136,11 @@ pub struct RouteConfig {
 pub enum Strategy {
     RoundRobin,
     Weighted,
+    LeastConnections,
+    PowerOfTwo,
+    PeakEwma,
+    IpHash,
+    ConsistentHash,
 }
 
 impl Strategy {
@@ -143,8 +148,51 @@ impl Strategy {
         match self {
             Strategy::RoundRobin => "round-robin",
             Strategy::Weighted => "weighted",
+            Strategy::LeastConnections => "least-connections",
+            Strategy::PowerOfTwo => "power-of-two",
+            Strategy::PeakEwma => "peak-ewma",
+            Strategy::IpHash => "ip-hash",
+            Strategy::ConsistentHash => "consistent-hash",
         }
     }
+
+    /// Every strategy, in the order the docs list them.
+    pub const ALL: [Strategy; 7] = [
+        Strategy::RoundRobin,
+        Strategy::Weighted,
+        Strategy::LeastConnections,
+        Strategy::PowerOfTwo,
+        Strategy::PeakEwma,
+        Strategy::IpHash,
+        Strategy::ConsistentHash,
+    ];
+
+    pub fn from_name(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// What `consistent-hash` hashes (`hash_key`). A request without the named
+/// part falls back to its client IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+    Path,
+}
+
+/// `[upstream.X.sticky]`: cookie session affinity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    /// `None` = session cookie.
+    pub max_age: Option<Duration>,
+    pub secure: bool,
+    pub http_only: bool,
+    /// "Lax", "Strict" or "None" as written in the cookie attribute.
+    pub same_site: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +219,12 @@ pub struct UpstreamConfig {
     pub name: String,
     pub strategy: Strategy,
     pub servers: Vec<ServerConfig>,
+    pub hash_key: HashKey,
+    /// 0 = off; else no server takes more than this × the mean in-flight load.
+    pub hash_balance_factor: f64,
+    /// Zero = off.
+    pub slow_start: Duration,
+    pub sticky: Option<StickyConfig>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
@@ -235,6 +289,33 @@ impl UpstreamConfig {
         match dns_host {
             Some(h) => rustls_pki_types::ServerName::try_from(h.to_string()).ok(),
             None => Some(rustls_pki_types::ServerName::IpAddress(addr.ip().into())),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    /// SPEC's defaults, with no servers: for building upstreams in code
+    /// (benchmarks, tests) with `..Default::default()`.
+    fn default() -> Self {
+        UpstreamConfig {
+            name: String::new(),
+            strategy: Strategy::RoundRobin,
+            servers: Vec::new(),
+            hash_key: HashKey::ClientIp,
+            hash_balance_factor: 0.0,
+            slow_start: Duration::ZERO,
+            sticky: None,
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_server: 64,
+            retries: 1,
+            retry_budget: 0.2,
+            resolve_interval: Duration::from_secs(30),
+            health_check: None,
+            passive_health: None,
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
         }
     }
 }

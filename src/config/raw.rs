@@ -113,7 +113,7 @@ pub(crate) struct RawUpstream {
     pub(crate) protocol: Option<S>,
     pub(crate) tls_server_name: Option<S>,
     pub(crate) tls_ca: Option<S>,
-    pub(crate) sticky: Option<Spanned<toml::Value>>,
+    pub(crate) sticky: Option<Spanned<RawSticky>>,
     pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
     pub(crate) passive_health: Option<Spanned<RawPassiveHealth>>,
 }
@@ -138,4 +138,14 @@ pub(crate) struct RawPassiveHealth {
     pub(crate) consecutive_failures: Option<Spanned<i64>>,
     pub(crate) ejection_time: Option<S>,
     pub(crate) max_ejection_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSticky {
+    pub(crate) cookie: Option<S>,
+    pub(crate) max_age: Option<S>,
+    pub(crate) secure: Option<bool>,
+    pub(crate) http_only: Option<bool>,
+    pub(crate) same_site: Option<S>,
 }

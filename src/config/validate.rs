@@ -8,23 +8,16 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawListener, RawListenerTls, RawRoute, RawSize, RawUpstream, S};
+use super::raw::{
+    RawConfig, RawListener, RawListenerTls, RawRoute, RawSize, RawSticky, RawUpstream, S,
+};
 use super::units::{parse_duration, parse_size};
 use super::{
-    AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HostMatch, ListenerConfig,
-    ListenerTls, RouteConfig, ServerConfig, Strategy, UpstreamConfig, UpstreamProtocol,
-    UpstreamTls,
+    AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HashKey, HostMatch,
+    ListenerConfig, ListenerTls, RouteConfig, ServerConfig, StickyConfig, Strategy, UpstreamConfig,
+    UpstreamProtocol, UpstreamTls,
 };
 use crate::server::tls::{load_certified_key, server_config, MinVersion};
-
-/// Strategy names from the SPEC that a later version implements.
-const PLANNED_STRATEGIES: &[&str] = &[
-    "least-connections",
-    "power-of-two",
-    "peak-ewma",
-    "ip-hash",
-    "consistent-hash",
-];
 
 pub(super) struct Ctx<'a> {
     text: &'a str,
@@ -571,26 +564,14 @@ fn validate_upstream(
     }
     let strategy = match u.strategy.as_ref() {
         None => Strategy::RoundRobin,
-        Some(s) => match s.get_ref().as_str() {
-            "round-robin" => Strategy::RoundRobin,
-            "weighted" => Strategy::Weighted,
-            other if PLANNED_STRATEGIES.contains(&other) => {
-                ctx.error(
-                    s.span(),
-                    k("strategy"),
-                    format!("strategy \"{other}\" is not supported by fulcrum {} yet: use \"round-robin\" or \"weighted\"", env!("CARGO_PKG_VERSION")),
-                );
-                Strategy::RoundRobin
-            }
-            other => {
-                ctx.error(
-                    s.span(),
-                    k("strategy"),
-                    format!("unknown strategy \"{other}\": expected one of round-robin, weighted, least-connections, power-of-two, peak-ewma, ip-hash, consistent-hash"),
-                );
-                Strategy::RoundRobin
-            }
-        },
+        Some(s) => Strategy::from_name(s.get_ref()).unwrap_or_else(|| {
+            ctx.error(
+                s.span(),
+                k("strategy"),
+                format!("unknown strategy \"{}\": expected one of round-robin, weighted, least-connections, power-of-two, peak-ewma, ip-hash, consistent-hash", s.get_ref()),
+            );
+            Strategy::RoundRobin
+        }),
     };
 
     let mut servers: Vec<ServerConfig> = Vec::new();
@@ -642,22 +623,53 @@ fn validate_upstream(
         }
     }
 
-    if let Some(h) = &u.hash_key {
-        ctx.not_yet(h.span(), &k("hash_key"));
-    }
-    if let Some(f) = &u.hash_balance_factor {
-        if *f.get_ref() != 0.0 {
-            ctx.not_yet(f.span(), &k("hash_balance_factor"));
+    let hash_key = match &u.hash_key {
+        None => HashKey::ClientIp,
+        Some(h) => {
+            if strategy != Strategy::ConsistentHash {
+                ctx.error(
+                    h.span(),
+                    k("hash_key"),
+                    format!(
+                        "hash_key applies only to strategy \"consistent-hash\" (this upstream uses \"{}\")",
+                        strategy.as_str()
+                    ),
+                );
+            }
+            parse_hash_key(h.get_ref()).unwrap_or_else(|e| {
+                ctx.error(h.span(), k("hash_key"), e);
+                HashKey::ClientIp
+            })
         }
-    }
-    if let Some(s) = &u.slow_start {
-        if !ctx
-            .duration(&u.slow_start, &k("slow_start"), Duration::ZERO)
-            .is_zero()
-        {
-            ctx.not_yet(s.span(), &k("slow_start"));
+    };
+    let hash_balance_factor = match &u.hash_balance_factor {
+        None => 0.0,
+        Some(f) => {
+            let v = *f.get_ref();
+            if !matches!(strategy, Strategy::ConsistentHash | Strategy::IpHash) && v != 0.0 {
+                ctx.error(
+                    f.span(),
+                    k("hash_balance_factor"),
+                    "hash_balance_factor applies only to strategies \"consistent-hash\" and \"ip-hash\"",
+                );
+                0.0
+            } else if v == 0.0 || (1.0..=100.0).contains(&v) {
+                v
+            } else {
+                ctx.error(
+                    f.span(),
+                    k("hash_balance_factor"),
+                    format!("{v} is out of range: 0 (off) or 1.0 to 100.0, e.g. 1.25"),
+                );
+                0.0
+            }
         }
-    }
+    };
+    let slow_start = ctx.duration(&u.slow_start, &k("slow_start"), Duration::ZERO);
+    let sticky = u
+        .sticky
+        .as_ref()
+        .map(|s| validate_sticky(ctx, name, s.get_ref()));
     let resolve_interval = ctx.positive_duration(
         &u.resolve_interval,
         &k("resolve_interval"),
@@ -690,11 +702,6 @@ fn validate_upstream(
         },
     };
     let tls = validate_upstream_tls(ctx, path, name, u, protocol);
-    for (v, key) in [(&u.sticky, "sticky")] {
-        if let Some(v) = v {
-            ctx.not_yet(v.span(), &k(key));
-        }
-    }
     let health_check = u
         .health_check
         .as_ref()
@@ -708,6 +715,10 @@ fn validate_upstream(
         name: name.to_string(),
         strategy,
         servers,
+        hash_key,
+        hash_balance_factor,
+        slow_start,
+        sticky,
         connect_timeout: ctx.positive_duration(
             &u.connect_timeout,
             &k("connect_timeout"),
@@ -797,6 +808,100 @@ fn validate_upstream_tls(
             ctx.error(span, key, e);
             None
         }
+    }
+}
+
+/// `hash_key`: "client-ip", "header:<Name>", "cookie:<name>", "query:<name>", "path".
+fn parse_hash_key(v: &str) -> Result<HashKey, String> {
+    let expected = "expected \"client-ip\", \"header:<Name>\", \"cookie:<name>\", \"query:<name>\" or \"path\"";
+    match v {
+        "client-ip" => return Ok(HashKey::ClientIp),
+        "path" => return Ok(HashKey::Path),
+        _ => {}
+    }
+    let Some((kind, arg)) = v.split_once(':') else {
+        return Err(format!("unknown hash_key \"{v}\": {expected}"));
+    };
+    if arg.is_empty() {
+        return Err(format!("hash_key \"{v}\" needs a name after ':'"));
+    }
+    match kind {
+        "header" => http::HeaderName::from_bytes(arg.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| format!("\"{arg}\" is not a valid header name")),
+        "cookie"
+            if arg
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=;,\\\"".contains(&b)) =>
+        {
+            Ok(HashKey::Cookie(arg.to_string()))
+        }
+        "cookie" => Err(format!("\"{arg}\" is not a valid cookie name")),
+        "query" => Ok(HashKey::Query(arg.to_string())),
+        _ => Err(format!("unknown hash_key \"{v}\": {expected}")),
+    }
+}
+
+fn validate_sticky(ctx: &mut Ctx<'_>, upstream: &str, s: &RawSticky) -> StickyConfig {
+    let k = |key: &str| format!("upstream.{upstream}.sticky.{key}");
+    let cookie = match &s.cookie {
+        None => "fulcrum_sticky".to_string(),
+        Some(c) => {
+            let v = c.get_ref();
+            let token = !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if !token {
+                ctx.error(
+                    c.span(),
+                    k("cookie"),
+                    format!(
+                        "\"{v}\" is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+                    ),
+                );
+            }
+            v.clone()
+        }
+    };
+    let max_age = match &s.max_age {
+        Some(m) if !m.get_ref().trim().is_empty() => {
+            let d = ctx.positive_duration(&s.max_age, &k("max_age"), Duration::from_secs(1));
+            Some(d)
+        }
+        _ => None,
+    };
+    let same_site = match &s.same_site {
+        None => "Lax",
+        Some(v) => match v.get_ref().as_str() {
+            "lax" => "Lax",
+            "strict" => "Strict",
+            "none" => "None",
+            other => {
+                ctx.error(
+                    v.span(),
+                    k("same_site"),
+                    format!("unknown same_site \"{other}\": expected lax, strict or none"),
+                );
+                "Lax"
+            }
+        },
+    };
+    let secure = s.secure.unwrap_or(false);
+    if same_site == "None" && !secure {
+        if let Some(v) = &s.same_site {
+            ctx.error(
+                v.span(),
+                k("same_site"),
+                "same_site = \"none\" requires secure = true (browsers reject it otherwise)",
+            );
+        }
+    }
+    StickyConfig {
+        cookie,
+        max_age,
+        secure,
+        http_only: s.http_only.unwrap_or(true),
+        same_site,
     }
 }
 
@@ -897,6 +1002,74 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
             "{s}"
         );
         assert!(s.contains("upstream.api.servers[0].weight"), "{s}");
+    }
+
+    #[test]
+    fn strategy_keys_validated_with_line_and_key() {
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"consistent-hash\"\nhash_key = \"cookie:sid\"\nhash_balance_factor = 1.25\nslow_start = \"30s\"",
+        ) + "[upstream.api.sticky]\ncookie = \"srv\"\nmax_age = \"1h\"\nsame_site = \"strict\"\n";
+        let c = check(&text).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.strategy, Strategy::ConsistentHash);
+        assert_eq!(u.hash_key, HashKey::Cookie("sid".into()));
+        assert_eq!(u.hash_balance_factor, 1.25);
+        assert_eq!(u.slow_start, Duration::from_secs(30));
+        let st = u.sticky.as_ref().unwrap();
+        assert_eq!(
+            (
+                st.cookie.as_str(),
+                st.max_age,
+                st.same_site,
+                st.http_only,
+                st.secure
+            ),
+            (
+                "srv",
+                Some(Duration::from_secs(3600)),
+                "Strict",
+                true,
+                false
+            )
+        );
+
+        let bad = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"least-connections\"\nhash_key = \"bogus\"\nhash_balance_factor = 0.5\nslow_start = \"soon\"",
+        ) + "[upstream.api.sticky]\ncookie = \"a b\"\nsame_site = \"none\"\n";
+        let e = check(&bad).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("t.toml:17:12: upstream.api.hash_key: hash_key applies only to strategy \"consistent-hash\""), "{s}");
+        assert!(
+            s.contains("upstream.api.hash_key: unknown hash_key \"bogus\""),
+            "{s}"
+        );
+        assert!(
+            s.contains("t.toml:18:23: upstream.api.hash_balance_factor"),
+            "{s}"
+        );
+        assert!(s.contains("t.toml:19:14: upstream.api.slow_start"), "{s}");
+        assert!(
+            s.contains("upstream.api.sticky.cookie: \"a b\" is not a valid cookie name"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "upstream.api.sticky.same_site: same_site = \"none\" requires secure = true"
+            ),
+            "{s}"
+        );
+        let typo = GOOD.to_string() + "[upstream.api.sticky]\ncokie = \"x\"\n";
+        let s = check(&typo).unwrap_err().to_string();
+        assert!(
+            s.contains("t.toml:19:1: cokie: unknown field `cokie`"),
+            "{s}"
+        );
+        let s = check(&GOOD.replace("weighted", "fastest"))
+            .unwrap_err()
+            .to_string();
+        assert!(s.contains("unknown strategy \"fastest\""), "{s}");
     }
 
     #[test]

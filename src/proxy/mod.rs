@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::backend::{clock_ms, InFlight, Registry, ServerState};
-use crate::balance::PickContext;
+use crate::balance::{ewma, PickContext};
 use crate::health::passive;
 use crate::routing::{request_host, RoutingTable, Upstream};
 use crate::server::conn::{ActiveGuard, ConnState};
@@ -155,6 +155,8 @@ async fn proxy(
     let (mut parts, incoming) = req.into_parts();
     let client_upgrade =
         upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
+    let ctx = upstream.pick_context(&parts, conn.client_ip);
+    let sticky = upstream.sticky_target(&parts.headers);
     rewrite_request(&mut parts, conn, upgrade);
     let _ = request_id;
     // A bodiless idempotent request can be replayed on another server if the
@@ -168,13 +170,15 @@ async fn proxy(
     );
     let mut req = Request::from_parts(parts, body);
 
-    let ctx = PickContext {};
     let mut tried: Vec<&Arc<ServerState>> = Vec::new();
     let mut attempts_left = upstream.config.retries + 1;
     upstream.retry_budget.record_request(clock_ms());
     loop {
         attempts_left -= 1;
-        let server = pick_untried(upstream, &ctx, &tried).ok_or(ProxyError::NoHealthyUpstream)?;
+        let server = match sticky {
+            Some(s) if tried.is_empty() && s.is_up() => s,
+            _ => pick_untried(upstream, &ctx, &tried).ok_or(ProxyError::NoHealthyUpstream)?,
+        };
         let in_flight = InFlight::new(server.clone());
         let sent_at = Instant::now();
         let rebuild = || {
@@ -187,13 +191,15 @@ async fn proxy(
             replay.as_ref().map(|_| &rebuild as _);
         match forward::send(server, &upstream.config, req, replay_fn).await {
             Ok((resp, conn1)) => {
+                let latency = sent_at.elapsed();
                 server
                     .metrics
                     .response_seconds
-                    .observe(sent_at.elapsed().as_secs_f64());
+                    .observe(latency.as_secs_f64());
                 server.metrics.responses.inc(resp.status().as_u16());
                 passive::record(upstream, server, resp.status().is_server_error());
-                return Ok(finish_response(
+                ewma::record_response(server, latency, resp.status().as_u16(), resp.headers());
+                let mut resp = finish_response(
                     resp,
                     in_flight,
                     conn1,
@@ -202,9 +208,14 @@ async fn proxy(
                         active: conn.state.begin(),
                         drain: conn.take_drain(),
                     }),
-                ));
+                );
+                if let Some(c) = upstream.sticky_cookie(sticky, server) {
+                    resp.headers_mut().append(SET_COOKIE, c.clone());
+                }
+                return Ok(resp);
             }
             Err(f) => {
+                server.ewma.penalize();
                 let e = body_error(&flags).unwrap_or(f.error);
                 if let Some(kind) = e.upstream_kind() {
                     server.metrics.error(kind);
@@ -255,7 +266,7 @@ fn is_idempotent(m: &http::Method) -> bool {
 /// can trail a health change by a moment, so a pick is re-checked.
 fn pick_untried<'a>(
     upstream: &'a Upstream,
-    ctx: &PickContext,
+    ctx: &PickContext<'_>,
     tried: &[&Arc<ServerState>],
 ) -> Option<&'a Arc<ServerState>> {
     let usable = |s: &Arc<ServerState>| s.is_up() && !tried.iter().any(|t| Arc::ptr_eq(t, s));

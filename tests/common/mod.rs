@@ -806,3 +806,43 @@ pub async fn wait_metric(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A backend that answers `name` after `delay` (a slow server).
+pub async fn slow_backend(name: &'static str, delay: Duration) -> Backend {
+    Backend::start(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(full(name))
+    })
+    .await
+}
+
+/// Sends `per_task` sequential GETs on each of `tasks` concurrent keep-alive
+/// connections; returns every response body.
+pub async fn load(addr: SocketAddr, tasks: usize, per_task: usize) -> Vec<String> {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        handles.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let mut out = Vec::new();
+            for _ in 0..per_task {
+                out.push(c.get("/", "example.test").await.text());
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all
+}
+
+/// One GET with extra request headers, on a new connection.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(path).header("host", "example.test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut c = Client::connect(addr).await;
+    collect(c.send(b.body(full("")).unwrap()).await.unwrap()).await
+}
