@@ -72,10 +72,17 @@ timeout = "1s"
 }
 
 pub async fn run(port: u16) -> Result<(), String> {
+    // Hold the proxy and admin ports while the backends take ephemeral ports,
+    // so the kernel can't hand one of ours to a backend.
+    let held: Vec<_> = [port, port.wrapping_add(1)]
+        .into_iter()
+        .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .collect();
     let mut backends = Vec::new();
     for name in ["backend-1", "backend-2", "backend-3"] {
         backends.push(spawn_backend(name).await.map_err(|e| e.to_string())?);
     }
+    drop(held);
     let text = demo_config(port, &backends);
     let config = Config::from_toml(Path::new("<demo>"), &text).map_err(|e| e.to_string())?;
     crate::app::run(config, |bound| {
