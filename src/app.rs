@@ -35,10 +35,20 @@ impl AppError {
     }
 }
 
+/// The result of the last reload attempt, for the status page.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at_unix: f64,
+    pub generation: u64,
+    /// `None` when it succeeded.
+    pub error: Option<String>,
+}
+
 /// State shared by the admin endpoints, reloads and shutdown.
 pub struct AppState {
     pub shared: Arc<Shared>,
     pub started: AtomicBool,
+    pub last_reload: std::sync::Mutex<Option<ReloadOutcome>>,
     pub config_path: PathBuf,
     generation: AtomicU64,
     listeners: tokio::sync::Mutex<Vec<RunningListener>>,
@@ -91,6 +101,7 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
     let state = Arc::new(AppState {
         shared: shared.clone(),
         started: AtomicBool::new(false),
+        last_reload: std::sync::Mutex::new(None),
         config_path: config.path.clone(),
         generation: AtomicU64::new(1),
         listeners: tokio::sync::Mutex::new(Vec::new()),
@@ -182,7 +193,15 @@ async fn wait_for_signals(_state: &Arc<AppState>) {
 /// Reloads the config file; on any failure the running config is untouched.
 pub async fn reload(state: &Arc<AppState>) {
     let m = state.shared.registry.metrics.clone();
-    match try_reload(state).await {
+    let result = try_reload(state).await;
+    if let Ok(mut last) = state.last_reload.lock() {
+        *last = Some(ReloadOutcome {
+            at_unix: unix_now(),
+            generation: state.generation.load(Ordering::Relaxed),
+            error: result.as_ref().err().cloned(),
+        });
+    }
+    match result {
         Ok(generation) => {
             m.config_reloads_total.with_label_values(&["success"]).inc();
             m.config_last_reload_successful.set(1);
@@ -290,7 +309,7 @@ async fn evict_idle_connections(shared: Arc<Shared>) {
     }
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
