@@ -19,6 +19,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::app::AppState;
+use crate::backend::Registry;
+use crate::routing::RoutingTable;
 use status::Sampler;
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -135,13 +137,20 @@ fn health(state: &AppState) -> serde_json::Value {
 
 /// Why the process should not get traffic, if it shouldn't.
 pub fn readiness(state: &AppState) -> Result<(), String> {
-    if state.shared.shutting_down.load(Ordering::Relaxed) {
+    readiness_of(
+        state.shared.shutting_down.load(Ordering::Relaxed),
+        state.started.load(Ordering::Relaxed),
+        &state.shared.table.load(),
+    )
+}
+
+fn readiness_of(shutting_down: bool, started: bool, table: &RoutingTable) -> Result<(), String> {
+    if shutting_down {
         return Err("shutting down".into());
     }
-    if !state.started.load(Ordering::Relaxed) {
+    if !started {
         return Err("listeners not bound yet".into());
     }
-    let table = state.shared.table.load();
     let down: Vec<&str> = table
         .upstreams
         .iter()
@@ -159,13 +168,92 @@ pub fn readiness(state: &AppState) -> Result<(), String> {
 /// request path pays nothing for them. Draining servers (removed by a
 /// reload, still finishing requests) report up=0 until they are gone.
 fn sync_gauges(state: &AppState) {
-    let table = state.shared.table.load();
-    for s in state.shared.registry.live_servers() {
+    sync_server_gauges(&state.shared.registry, &state.shared.table.load());
+}
+
+fn sync_server_gauges(registry: &Registry, table: &RoutingTable) {
+    for s in registry.live_servers() {
         let in_table = table
             .upstreams
             .iter()
             .any(|u| u.servers.iter().any(|t| Arc::ptr_eq(t, &s)));
         s.metrics.in_flight.set(s.in_flight() as i64);
         s.metrics.up.set((in_table && s.is_up()) as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    fn table() -> (Arc<Registry>, RoutingTable) {
+        let text = r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+[[route]]
+upstream = "api"
+[upstream.api]
+servers = [{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }]
+[upstream.web]
+servers = [{ address = "127.0.0.1:3" }]
+"#;
+        let config = Config::from_toml(std::path::Path::new("t.toml"), text).unwrap();
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let table = RoutingTable::build(Arc::new(config), &registry, 1);
+        (registry, table)
+    }
+
+    /// Readiness and the up gauge follow `ServerState::is_up`, whatever
+    /// flips it (active health checks, passive ejection).
+    #[test]
+    fn ready_flips_when_an_upstream_has_no_server_up_and_back() {
+        let (registry, t) = table();
+        assert_eq!(readiness_of(false, true, &t), Ok(()));
+        assert_eq!(
+            readiness_of(false, false, &t),
+            Err("listeners not bound yet".into())
+        );
+        assert_eq!(readiness_of(true, true, &t), Err("shutting down".into()));
+
+        let api = &t.upstreams[0];
+        api.servers[0].set_up(false);
+        assert_eq!(
+            readiness_of(false, true, &t),
+            Ok(()),
+            "one of two is still up"
+        );
+        api.servers[1].set_up(false);
+        assert_eq!(
+            readiness_of(false, true, &t),
+            Err("upstream api has no server up".into())
+        );
+        t.upstreams[1].servers[0].set_up(false);
+        assert_eq!(
+            readiness_of(false, true, &t),
+            Err("upstreams api, web have no server up".into())
+        );
+
+        sync_server_gauges(&registry, &t);
+        let text = String::from_utf8(registry.metrics.render()).unwrap();
+        assert!(
+            text.contains("fulcrum_upstream_server_up{server=\"127.0.0.1:1\",upstream=\"api\"} 0")
+        );
+
+        for u in &t.upstreams {
+            for s in &u.servers {
+                s.set_up(true);
+            }
+        }
+        assert_eq!(readiness_of(false, true, &t), Ok(()));
+        sync_server_gauges(&registry, &t);
+        let text = String::from_utf8(registry.metrics.render()).unwrap();
+        assert!(
+            text.contains("fulcrum_upstream_server_up{server=\"127.0.0.1:1\",upstream=\"api\"} 1")
+        );
     }
 }

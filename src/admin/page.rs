@@ -40,12 +40,17 @@ footer{color:var(--mute);font-size:12px;padding:0 28px 24px}
 "#;
 
 const SCRIPT: &str = r#"
+var refreshes=0;
 setInterval(function(){
   fetch(location.pathname,{cache:"no-store"}).then(function(r){return r.text()}).then(function(t){
     var d=new DOMParser().parseFromString(t,"text/html");
     ["header","main","footer"].forEach(function(s){
       var n=d.querySelector(s),o=document.querySelector(s);if(n&&o){o.replaceWith(n)}});
-  }).catch(function(){var f=document.querySelector("footer");if(f){f.textContent="admin listener unreachable; retrying"}});
+    document.body.setAttribute("data-refreshes",++refreshes);
+  }).catch(function(){
+    var f=document.querySelector("footer");if(f){f.textContent="admin listener unreachable; retrying"}
+    document.body.setAttribute("data-refresh-failed","1");
+  });
 },2000);
 "#;
 
