@@ -499,3 +499,84 @@ async fn promtool_accepts_a_real_scrape_and_the_example_config() {
     let (ok, out) = promtool(&["check", "config", cfg.to_str().unwrap()], b"");
     assert!(ok, "promtool check config:\n{out}");
 }
+
+#[test]
+fn grafana_dashboard_queries_are_valid_promql_on_our_metrics() {
+    let Some(_) = tool("promtool") else { return };
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grafana-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    exprs.extend(
+        dash["annotations"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["expr"].as_str().unwrap().to_string()),
+    );
+    assert!(exprs.len() > 15);
+    // Every fulcrum_ name used is one SPEC defines (or a histogram's series).
+    let families = [
+        "requests_total",
+        "request_duration_seconds",
+        "upstream_requests_total",
+        "upstream_errors_total",
+        "upstream_response_seconds",
+        "upstream_in_flight",
+        "upstream_server_up",
+        "health_checks_total",
+        "retries_total",
+        "upstream_ejections_total",
+        "connections_active",
+        "connections_total",
+        "connections_rejected_total",
+        "rate_limited_total",
+        "tls_handshake_errors_total",
+        "config_reloads_total",
+        "config_last_reload_successful",
+        "config_last_reload_success_timestamp_seconds",
+        "config_generation",
+        "build_info",
+    ];
+    for e in &exprs {
+        for (i, _) in e.match_indices("fulcrum_") {
+            let name: String = e[i + 8..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let base = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                families.contains(&base),
+                "unknown metric fulcrum_{name} in {e}"
+            );
+        }
+    }
+    // promtool parses each query as a recording rule.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*")
+            .replace("$upstream", ".*")
+            .replace("$job", ".*");
+        rules += &format!(
+            "      - record: dashboard:q{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        );
+    }
+    let file = temp_dir().join("dashboard-rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let (ok, out) = promtool(&["check", "rules", file.to_str().unwrap()], b"");
+    assert!(ok, "promtool check rules:\n{out}");
+    let alerts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fulcrum-alerts.yml");
+    let (ok, out) = promtool(&["check", "rules", alerts.to_str().unwrap()], b"");
+    assert!(ok, "promtool check rules (alerts):\n{out}");
+}
