@@ -107,16 +107,16 @@ impl Drop for AccessRecord {
             listener = %self.listener,
             client = %self.client,
             method = %self.method,
-            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-            path = self.uri.path(),
-            version = version_str(self.version),
+            host = %self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            path = %self.uri.path(),
+            version = %version_str(self.version),
             status = self.status,
-            upstream = self.upstream.as_deref().unwrap_or(""),
+            upstream = %self.upstream.as_deref().unwrap_or(""),
             server = %server,
             duration_ms = micros as f64 / 1000.0,
             bytes = self.bytes,
             complete = self.complete,
-            request_id = self.request_id.to_str().unwrap_or(""),
+            request_id = %self.request_id.to_str().unwrap_or(""),
             "request"
         );
     }
