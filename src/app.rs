@@ -179,10 +179,16 @@ async fn wait_for_signals(state: &Arc<AppState>) {
             // Signals that arrive during a reload are coalesced by the
             // stream into one more reload.
             _ = hup.recv() => reload(state).await,
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); return }
+            // /ready turns 503 before anything says we are draining.
+            _ = term.recv() => { stop_ready(state); tracing::info!("SIGTERM: draining"); return }
+            _ = int.recv() => { stop_ready(state); tracing::info!("SIGINT: draining"); return }
         }
     }
+}
+
+#[cfg(unix)]
+fn stop_ready(state: &AppState) {
+    state.shared.shutting_down.store(true, Ordering::Relaxed);
 }
 
 #[cfg(not(unix))]

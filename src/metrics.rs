@@ -333,14 +333,30 @@ impl CodeCounters {
         t
     }
 
-    /// Removes every series with this prefix from the family.
+    /// Removes every series with this prefix from the family: the codes in
+    /// the slots directly; only if codes overflowed the slots, by scanning
+    /// the family (rare, and slower with many series).
     pub fn remove(&self) {
-        let prefix: Vec<(&str, &str)> = self
-            .prefix
+        let common = COMMON_CODES
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        remove_matching(&self.vec, &prefix);
+            .zip(&self.slots)
+            .filter(|(_, s)| s.get().is_some())
+            .map(|(c, _)| *c);
+        let rare = self.rare.iter().filter_map(|s| s.get().map(|(c, _)| *c));
+        for code in common.chain(rare) {
+            let code = code.to_string();
+            let mut labels: Vec<&str> = self.prefix.iter().map(|(_, v)| v.as_str()).collect();
+            labels.push(&code);
+            let _ = self.vec.remove_label_values(&labels);
+        }
+        if self.overflow.load(Ordering::Relaxed) > 0 {
+            let prefix: Vec<(&str, &str)> = self
+                .prefix
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            remove_matching(&self.vec, &prefix);
+        }
     }
 }
 

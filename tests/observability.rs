@@ -285,7 +285,16 @@ async fn gauges_follow_in_flight_draining_and_removed_servers() {
     // The held request finishes normally; then the server is gone everywhere.
     gate.add_permits(1);
     assert_eq!(held.await.unwrap().text(), "slow");
-    let m = scrape(&f).await;
+    // The client can see the body's last byte a moment before the proxy drops
+    // the body (and with it the server's last reference): poll, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = scrape(&f).await;
+        if !m.contains(&slow_s) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(!m.contains(&slow_s), "removed server still exported:\n{m}");
     assert_eq!(metric(&m, "fulcrum_upstream_server_up", &ol), Some(1.0));
     assert!(server(&status_json(&f).await, "u", &slow_s).is_none());
