@@ -59,6 +59,15 @@ impl AppState {
     fn current(&self) -> Arc<Config> {
         self.shared.table.load().config.clone()
     }
+
+    /// Bound address of each running listener, by name (for the status
+    /// page; empty while a reload holds the list).
+    pub fn bound_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .try_lock()
+            .map(|l| l.iter().map(|r| (r.name.clone(), r.local)).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Addresses actually bound, for callers (demo, tests) that asked for port 0.

@@ -169,6 +169,11 @@ async fn status_page_renders_every_upstream_and_server_state() {
             "{want} not in the rendered page:\n{dom}"
         );
     }
+    let bound = format!("<td>{}</td>", f.addr("web"));
+    assert!(
+        dom.contains(&bound),
+        "bound listener address {bound} missing"
+    );
     // The page refreshed itself (swapped in a fresh copy) without failing.
     assert!(
         dom.contains("<body data-refreshes=\"1\""),

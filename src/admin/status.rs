@@ -169,6 +169,7 @@ pub struct ReloadStatus {
 #[derive(Debug, Serialize)]
 pub struct ListenerStatus {
     pub name: String,
+    /// The bound address (differs from the configured one with port 0).
     pub listen: String,
     pub active_connections: i64,
     pub connections_total: u64,
@@ -329,6 +330,7 @@ pub fn build(
     };
 
     let listener_now = listener_requests(&table);
+    let bound = state.bound_addrs();
     let listeners = table
         .listeners
         .iter()
@@ -339,8 +341,12 @@ pub fn build(
                 .and_then(|b| b.listeners.get(&name).copied())
                 .unwrap_or(0);
             let requests = listener_now.get(&name).copied().unwrap_or(0);
+            let listen = bound
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(l.settings.listen, |(_, a)| *a);
             ListenerStatus {
-                listen: l.settings.listen.to_string(),
+                listen: listen.to_string(),
                 active_connections: m.connections_active.with_label_values(&[&name]).get(),
                 connections_total: m.connections_total.with_label_values(&[&name]).get(),
                 requests_per_second: rate(requests.saturating_sub(before), secs),
