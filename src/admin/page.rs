@@ -312,6 +312,99 @@ fn routes(h: &mut String, s: &Status) {
 mod tests {
     use super::*;
 
+    use crate::admin::status::{ListenerStatus, ReloadStatus, RouteStatus};
+
+    fn server(address: &str, state: &'static str) -> ServerStatus {
+        ServerStatus {
+            address: address.into(),
+            weight: Some(1),
+            state,
+            in_flight: 0,
+            requests_total: 10,
+            errors_total: 1,
+            requests_per_second: 2.0,
+            error_ratio: Some(0.1),
+            latency_mean_ms: Some(1.5),
+            latency_p50_ms: Some(1.0),
+            latency_p99_ms: Some(12.0),
+            idle_connections: 0,
+        }
+    }
+
+    /// Every state a server can be in gets its own row and badge, and a
+    /// not-ready process and a failed reload are called out at the top.
+    #[test]
+    fn renders_every_state_and_the_bad_news_first() {
+        let s = Status {
+            version: "0.1.0",
+            generation: 3,
+            uptime_seconds: 3700,
+            ready: false,
+            not_ready_reason: Some("upstream api has no server up".into()),
+            rate_window_seconds: 10.0,
+            reload: ReloadStatus {
+                last_result: "failure",
+                last_attempt_unix: Some(crate::app::unix_now() - 5.0),
+                last_error: Some("f.toml:3:1: route[0].upstream: no upstream named \"x\"".into()),
+                last_success_unix: 0.0,
+                successes: 2,
+                failures: 1,
+            },
+            listeners: vec![ListenerStatus {
+                name: "web".into(),
+                listen: "0.0.0.0:8080".into(),
+                active_connections: 3,
+                connections_total: 9,
+                requests_per_second: 2.0,
+            }],
+            routes: vec![RouteStatus {
+                listeners: None,
+                host: Some("*.example.com".into()),
+                path_prefix: "/".into(),
+                upstream: "api".into(),
+            }],
+            upstreams: vec![UpstreamStatus {
+                name: "api".into(),
+                strategy: "round-robin".into(),
+                removed: false,
+                servers_up: 0,
+                servers_total: 3,
+                requests_per_second: 6.0,
+                error_ratio: Some(0.1),
+                servers: vec![
+                    server("10.0.0.1:80", "down"),
+                    server("10.0.0.2:80", "ejected"),
+                    server("10.0.0.3:80", "draining"),
+                    server("10.0.0.4:80", "up"),
+                ],
+            }],
+        };
+        let h = render(&s, false);
+        for (addr, state) in [
+            ("10.0.0.1:80", "down"),
+            ("10.0.0.2:80", "ejected"),
+            ("10.0.0.3:80", "draining"),
+            ("10.0.0.4:80", "up"),
+        ] {
+            assert!(h.contains(&format!(
+                "data-upstream=\"api\" data-server=\"{addr}\" data-state={state}>"
+            )));
+            assert!(h.contains(&format!("<span class=\"badge {state}\">{state}</span>")));
+        }
+        assert!(h.contains("Not ready: upstream api has no server up"));
+        assert!(h.contains("Last reload failed (5s ago); generation 3 keeps serving"));
+        assert!(h.contains("no upstream named &quot;x&quot;"), "escaped");
+        assert!(h.contains("<span class=\"badge down\">0/3 up</span>"));
+        assert!(h.contains("<td class=\"num bad\">10.0%</td>"));
+        assert!(h.contains("12 ms") && h.contains("1.50 ms"));
+        assert!(h.contains("up <b>1h 1m</b>"));
+        assert!(render(&s, true).contains("Shutting down"));
+        assert!(
+            !h.contains("src=") && !h.contains("href=\"http"),
+            "no external assets"
+        );
+    }
+
     #[test]
     fn escapes_markup() {
         assert_eq!(
