@@ -9,8 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::backend::Registry;
+use crate::backend::{clock_ms, Registry};
 use crate::config::Config;
+use crate::health::active::ActiveChecks;
+use crate::health::dns;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::routing::RoutingTable;
@@ -25,12 +27,15 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Bind { .. } => 2,
+            AppError::Signals(_) => 1,
         }
     }
 }
@@ -53,6 +58,10 @@ pub struct AppState {
     generation: AtomicU64,
     listeners: tokio::sync::Mutex<Vec<RunningListener>>,
     shutdown_timeout_ms: Arc<AtomicU64>,
+    /// Serialises snapshot swaps (reload, health changes, DNS changes) so a
+    /// slower builder can never overwrite a newer config with an older one.
+    swap: tokio::sync::Mutex<()>,
+    checks: ActiveChecks,
 }
 
 impl AppState {
@@ -68,6 +77,18 @@ impl AppState {
             .map(|l| l.iter().map(|r| (r.name.clone(), r.local)).collect())
             .unwrap_or_default()
     }
+
+    /// Builds and swaps in a snapshot; call with `swap` held.
+    fn publish(&self, config: Arc<Config>, generation: u64) -> Arc<RoutingTable> {
+        let table = Arc::new(RoutingTable::build(
+            config,
+            &self.shared.registry,
+            generation,
+        ));
+        self.shared.table.store(table.clone());
+        self.checks.reconcile(&table);
+        table
+    }
 }
 
 /// Addresses actually bound, for callers (demo, tests) that asked for port 0.
@@ -79,6 +100,7 @@ pub struct Bound {
 /// Runs until SIGTERM/SIGINT and a graceful drain. `on_bound` is called once
 /// every listener is bound and serving.
 pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), AppError> {
+    let signals = Signals::install().map_err(AppError::Signals)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(metrics.clone());
     let config = Arc::new(config);
@@ -117,7 +139,10 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
         shutdown_timeout_ms: Arc::new(AtomicU64::new(
             config.global.shutdown_timeout.as_millis() as u64
         )),
+        swap: tokio::sync::Mutex::new(()),
+        checks: ActiveChecks::default(),
     });
+    state.checks.reconcile(&shared.table.load_full());
 
     let admin_addr = admin_sock.local_addr().unwrap_or(config.admin.listen);
     crate::admin::spawn(admin_sock, state.clone()).map_err(|source| AppError::Bind {
@@ -143,10 +168,12 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
     }
     state.started.store(true, Ordering::Relaxed);
     tokio::spawn(evict_idle_connections(shared.clone()));
+    tokio::spawn(follow_health(state.clone()));
+    tokio::spawn(follow_dns(state.clone()));
     on_bound(&bound);
     tracing::info!(generation = 1, "fulcrum ready");
 
-    wait_for_signals(&state).await;
+    signals.serve(&state).await;
     shutdown(&state).await;
     Ok(())
 }
@@ -171,26 +198,37 @@ fn start_listener(
     })
 }
 
+/// Signal streams, installed before anything is announced as ready so that
+/// an early SIGHUP reloads instead of killing the process.
 #[cfg(unix)]
-async fn wait_for_signals(state: &Arc<AppState>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            // Signals that arrive during a reload are coalesced by the
-            // stream into one more reload.
-            _ = hup.recv() => reload(state).await,
-            // /ready turns 503 before anything says we are draining.
-            _ = term.recv() => { stop_ready(state); tracing::info!("SIGTERM: draining"); return }
-            _ = int.recv() => { stop_ready(state); tracing::info!("SIGINT: draining"); return }
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn serve(mut self, state: &Arc<AppState>) {
+        loop {
+            tokio::select! {
+                // Signals that arrive during a reload are coalesced by the
+                // stream into one more reload.
+                _ = self.hup.recv() => reload(state).await,
+                // /ready turns 503 before anything says we are draining.
+                _ = self.term.recv() => { stop_ready(state); tracing::info!("SIGTERM: draining"); return }
+                _ = self.int.recv() => { stop_ready(state); tracing::info!("SIGINT: draining"); return }
+            }
         }
     }
 }
@@ -201,8 +239,17 @@ fn stop_ready(state: &AppState) {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_state: &Arc<AppState>) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn serve(self, _state: &Arc<AppState>) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Reloads the config file; on any failure the running config is untouched.
@@ -246,27 +293,34 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     let mut running = state.listeners.lock().await;
     // Bind new addresses before anything changes; a taken port fails here.
     let mut fresh = Vec::new();
+    // A listener is the same listener when both its name and its configured
+    // address are unchanged; it then keeps its socket and connections.
+    let same = |r: &RunningListener, l: &crate::config::ListenerConfig| {
+        r.name == l.name && r.configured == l.listen
+    };
     for l in &config.listeners {
-        match running.iter().find(|r| r.configured == l.listen) {
-            Some(r) if r.name != l.name => {
-                return Err(format!(
-                    "listener on {} is renamed from \"{}\" to \"{}\": renaming a bound listener needs a restart",
-                    l.listen, r.name, l.name
-                ))
-            }
-            Some(_) => {}
-            None => {
-                let sock = server::bind(l.listen)
-                    .map_err(|e| format!("cannot listen on {} for listener \"{}\": {e}", l.listen, l.name))?;
-                fresh.push(sock);
-            }
+        if running.iter().any(|r| same(r, l)) {
+            continue;
         }
+        let sock = server::bind(l.listen).map_err(|e| {
+            let renamed = running.iter().find(|r| r.configured == l.listen && l.listen.port() != 0);
+            match renamed {
+                Some(r) => format!(
+                    "cannot listen on {} for listener \"{}\": {e} (held by listener \"{}\"; renaming a bound listener needs a restart)",
+                    l.listen, l.name, r.name
+                ),
+                None => format!("cannot listen on {} for listener \"{}\": {e}", l.listen, l.name),
+            }
+        })?;
+        fresh.push(sock);
     }
     let config = Arc::new(config);
     let generation = state.generation.load(Ordering::Relaxed) + 1;
-    let table = RoutingTable::build(config.clone(), &state.shared.registry, generation);
+    let table = {
+        let _swap = state.swap.lock().await;
+        state.publish(config.clone(), generation)
+    };
     let settings: Vec<_> = table.listeners.iter().map(|l| l.settings.clone()).collect();
-    state.shared.table.store(Arc::new(table));
     state.generation.store(generation, Ordering::Relaxed);
     state.shutdown_timeout_ms.store(
         config.global.shutdown_timeout.as_millis() as u64,
@@ -276,7 +330,7 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     // Removed listeners stop accepting and drain in the background.
     let (keep, gone): (Vec<_>, Vec<_>) = running
         .drain(..)
-        .partition(|r| config.listeners.iter().any(|l| l.listen == r.configured));
+        .partition(|r| config.listeners.iter().any(|l| same(r, l)));
     *running = keep;
     let timeout = config.global.shutdown_timeout;
     for r in gone {
@@ -285,7 +339,7 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     }
     let mut fresh = fresh.into_iter();
     for s in settings {
-        if running.iter().any(|r| r.configured == s.listen) {
+        if running.iter().any(|r| same(r, &s)) {
             continue;
         }
         let Some(sock) = fresh.next() else { break };
@@ -298,6 +352,7 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
 
 async fn shutdown(state: &Arc<AppState>) {
     state.shared.shutting_down.store(true, Ordering::Relaxed);
+    state.checks.stop_all();
     let timeout = state.current().global.shutdown_timeout;
     let running: Vec<_> = state.listeners.lock().await.drain(..).collect();
     for r in &running {
@@ -308,6 +363,71 @@ async fn shutdown(state: &Arc<AppState>) {
         d.await;
     }
     tracing::info!("shutdown complete");
+}
+
+/// Rebuilds the snapshot when a server's eligibility changes (active check
+/// verdict, passive ejection) and when an ejection's time is over.
+async fn follow_health(state: Arc<AppState>) {
+    let registry = state.shared.registry.clone();
+    loop {
+        let next_expiry = state
+            .shared
+            .table
+            .load()
+            .upstreams
+            .iter()
+            .flat_map(|u| u.servers.iter())
+            .filter_map(|s| s.ejected_until())
+            .min();
+        let wait = next_expiry.map(|t| Duration::from_millis(t.saturating_sub(clock_ms())));
+        tokio::select! {
+            _ = registry.health_changed.notified() => {}
+            _ = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let _swap = state.swap.lock().await;
+        let current = state.shared.table.load_full();
+        let now = clock_ms();
+        for s in current.upstreams.iter().flat_map(|u| u.servers.iter()) {
+            s.end_ejection_if_due(now);
+        }
+        state.publish(current.config.clone(), current.generation);
+    }
+}
+
+/// Re-resolves DNS-named servers on their `resolve_interval` and swaps in
+/// the new membership.
+async fn follow_dns(state: Arc<AppState>) {
+    let last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>> =
+        Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let current = state.shared.table.load_full();
+        let due = |name: &str, every: Duration| {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            match last.get(name) {
+                Some(t) if now.duration_since(*t) < every => false,
+                _ => {
+                    last.insert(name.to_string(), now);
+                    true
+                }
+            }
+        };
+        let Some(next) = dns::refresh(&current.config, due).await else {
+            continue;
+        };
+        let _swap = state.swap.lock().await;
+        // A reload that landed meanwhile already re-resolved everything.
+        if Arc::ptr_eq(&state.shared.table.load().config, &current.config) {
+            state.publish(Arc::new(next), current.generation);
+        }
+    }
 }
 
 /// Closes pooled upstream connections idle past `pool_idle_timeout`.

@@ -13,6 +13,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -157,10 +157,10 @@ fn readiness_of(shutting_down: bool, started: bool, table: &RoutingTable) -> Res
         .filter(|u| !u.servers.iter().any(|s| s.is_up()))
         .map(|u| &*u.name)
         .collect();
-    match down.as_slice() {
-        [] => Ok(()),
-        [one] => Err(format!("upstream {one} has no server up")),
-        many => Err(format!("upstreams {} have no server up", many.join(", "))),
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("no server up in upstream {}", down.join(", ")))
     }
 }
 
@@ -221,21 +221,21 @@ servers = [{ address = "127.0.0.1:3" }]
         assert_eq!(readiness_of(true, true, &t), Err("shutting down".into()));
 
         let api = &t.upstreams[0];
-        api.servers[0].set_up(false);
+        api.servers[0].set_checked_down(true);
         assert_eq!(
             readiness_of(false, true, &t),
             Ok(()),
             "one of two is still up"
         );
-        api.servers[1].set_up(false);
+        api.servers[1].eject(std::time::Duration::from_secs(30));
         assert_eq!(
             readiness_of(false, true, &t),
-            Err("upstream api has no server up".into())
+            Err("no server up in upstream api".into())
         );
-        t.upstreams[1].servers[0].set_up(false);
+        t.upstreams[1].servers[0].set_checked_down(true);
         assert_eq!(
             readiness_of(false, true, &t),
-            Err("upstreams api, web have no server up".into())
+            Err("no server up in upstream api, web".into())
         );
 
         sync_server_gauges(&registry, &t);
@@ -246,7 +246,8 @@ servers = [{ address = "127.0.0.1:3" }]
 
         for u in &t.upstreams {
             for s in &u.servers {
-                s.set_up(true);
+                s.set_checked_down(false);
+                s.end_ejection_if_due(u64::MAX);
             }
         }
         assert_eq!(readiness_of(false, true, &t), Ok(()));

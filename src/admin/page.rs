@@ -340,7 +340,7 @@ mod tests {
             generation: 3,
             uptime_seconds: 3700,
             ready: false,
-            not_ready_reason: Some("upstream api has no server up".into()),
+            not_ready_reason: Some("no server up in upstream api".into()),
             rate_window_seconds: 10.0,
             reload: ReloadStatus {
                 last_result: "failure",
@@ -391,7 +391,7 @@ mod tests {
             )));
             assert!(h.contains(&format!("<span class=\"badge {state}\">{state}</span>")));
         }
-        assert!(h.contains("Not ready: upstream api has no server up"));
+        assert!(h.contains("Not ready: no server up in upstream api"));
         assert!(h.contains("Last reload failed (5s ago); generation 3 keeps serving"));
         assert!(h.contains("no upstream named &quot;x&quot;"), "escaped");
         assert!(h.contains("<span class=\"badge down\">0/3 up</span>"));

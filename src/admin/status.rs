@@ -216,16 +216,14 @@ pub struct ServerStatus {
     pub idle_connections: usize,
 }
 
-/// A server's state as an operator names it. `in_table`: the current
-/// snapshot has it; a server only the registry still holds is draining.
-/// (When passive health lands, an ejected server reports "ejected" here.)
+/// A server's state as an operator names it: "up", "down" (active checks),
+/// "ejected" (passive health), or "draining" when only the registry still
+/// holds it (a reload removed it and requests are finishing).
 pub fn server_state(s: &ServerState, in_table: bool) -> &'static str {
-    if !in_table {
-        "draining"
-    } else if s.is_up() {
-        "up"
+    if in_table {
+        s.state_name()
     } else {
-        "down"
+        "draining"
     }
 }
 

@@ -8,9 +8,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+
+pub use crate::balance::clock_ms;
+use crate::balance::{clock_ms_at, LoadHook, PeakEwma};
+
+use crate::health::budget::RetryBudget;
 use crate::metrics::{Metrics, RouteMetrics, ServerMetrics};
 use crate::proxy::pool::Pool;
 
@@ -21,8 +28,22 @@ pub struct ServerState {
     /// `ip:port`, the `server` metric label.
     pub label: String,
     in_flight: AtomicUsize,
-    /// Whether the server may receive traffic (health checks clear it).
-    up: AtomicBool,
+    /// Down by active health checks.
+    checked_down: AtomicBool,
+    /// Ejected by passive health; cleared when `ejected_until` passes.
+    ejected: AtomicBool,
+    /// End of the current ejection, in ms on the process clock.
+    ejected_until: AtomicU64,
+    /// Live-traffic failures in a row (passive health).
+    consecutive_failures: AtomicU32,
+    /// In-flight requests over every server of this upstream (shared).
+    group_in_flight: Arc<AtomicUsize>,
+    /// When the server last came up, as `clock_ms + 1`; 0 = not ramping.
+    up_since: AtomicU64,
+    /// Peak-EWMA of response-head latency (used by `peak-ewma`).
+    pub ewma: PeakEwma,
+    /// Told about every in-flight change (used by `least-connections`).
+    pub(crate) load_hook: ArcSwapOption<LoadHook>,
     pub pool: Pool,
     pub metrics: ServerMetrics,
     registry: Weak<Registry>,
@@ -33,12 +54,126 @@ impl ServerState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Eligible for new requests: not down by active checks, not ejected.
+    #[inline]
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        !self.checked_down.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
     }
 
-    pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+    pub fn is_checked_down(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// "up", "down" or "ejected", for people.
+    pub fn state_name(&self) -> &'static str {
+        if self.is_checked_down() {
+            "down"
+        } else if self.is_ejected() {
+            "ejected"
+        } else {
+            "up"
+        }
+    }
+
+    /// Records an active-check verdict; returns true when it changed.
+    pub fn set_checked_down(&self, down: bool) -> bool {
+        let changed = self.checked_down.swap(down, Ordering::Relaxed) != down;
+        if changed && !down {
+            // Coming back: `slow_start` ramps it up from here.
+            self.set_up_since(Some(Instant::now()));
+        }
+        if changed {
+            self.metrics.up.set(self.is_up() as i64);
+            self.health_changed();
+        }
+        changed
+    }
+
+    /// A live request succeeded: the failure streak ends.
+    #[inline]
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A live request failed; returns the length of the failure streak.
+    pub fn record_failure(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Takes the server out of rotation for `time`.
+    pub fn eject(&self, time: Duration) {
+        self.ejected_until
+            .store(clock_ms() + time.as_millis() as u64, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        if !self.ejected.swap(true, Ordering::Relaxed) {
+            self.metrics.ejections.inc();
+            self.metrics.up.set(0);
+            self.health_changed();
+        }
+    }
+
+    /// When the ejection ends (process-clock ms), if ejected.
+    pub fn ejected_until(&self) -> Option<u64> {
+        self.is_ejected()
+            .then(|| self.ejected_until.load(Ordering::Relaxed))
+    }
+
+    /// Ends an ejection whose time is over; returns true if it did.
+    pub fn end_ejection_if_due(&self, now_ms: u64) -> bool {
+        if self.is_ejected() && self.ejected_until.load(Ordering::Relaxed) <= now_ms {
+            self.ejected.store(false, Ordering::Relaxed);
+            self.set_up_since(Some(Instant::now()));
+            self.metrics.up.set(self.is_up() as i64);
+            tracing::info!(upstream = %self.upstream, server = %self.addr, "server back from ejection");
+            return true;
+        }
+        false
+    }
+
+    fn health_changed(&self) {
+        if let Some(r) = self.registry.upgrade() {
+            r.health_changed.notify_one();
+        }
+    }
+
+    /// Records when the server came up, which starts its `slow_start` ramp;
+    /// `None` means it has been up long enough (full weight).
+    pub fn set_up_since(&self, at: Option<Instant>) {
+        let v = at.map_or(0, |t| clock_ms_at(t) + 1);
+        self.up_since.store(v, Ordering::Relaxed);
+    }
+
+    /// `clock_ms` at which the server came up, if a ramp may be running.
+    #[inline]
+    pub fn up_since_ms(&self) -> Option<u64> {
+        match self.up_since.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v - 1),
+        }
+    }
+
+    /// In-flight requests over every server of this server's upstream.
+    #[inline]
+    pub fn group_in_flight(&self) -> usize {
+        self.group_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The shared upstream-wide in-flight counter.
+    pub(crate) fn group_in_flight_handle(&self) -> Arc<AtomicUsize> {
+        self.group_in_flight.clone()
+    }
+
+    #[inline]
+    fn load_changed(&self) {
+        if let Some(h) = &*self.load_hook.load() {
+            h.update(self);
+        }
     }
 }
 
@@ -68,6 +203,8 @@ pub struct InFlight(Arc<ServerState>);
 impl InFlight {
     pub fn new(server: Arc<ServerState>) -> InFlight {
         server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.group_in_flight.fetch_add(1, Ordering::Relaxed);
+        server.load_changed();
         InFlight(server)
     }
 
@@ -79,6 +216,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.group_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.load_changed();
     }
 }
 
@@ -113,6 +252,8 @@ impl Drop for RouteStats {
 struct Inner {
     servers: HashMap<(Arc<str>, SocketAddr), Weak<ServerState>>,
     routes: HashMap<(String, String), Weak<RouteStats>>,
+    budgets: HashMap<String, Weak<RetryBudget>>,
+    groups: HashMap<Arc<str>, Weak<AtomicUsize>>,
 }
 
 /// Identity-keyed store of long-lived state. Locked only while a snapshot is
@@ -120,6 +261,8 @@ struct Inner {
 pub struct Registry {
     pub metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
+    /// Signalled when a server's eligibility changes, so the snapshot is rebuilt.
+    pub health_changed: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -127,6 +270,7 @@ impl Registry {
         Arc::new(Registry {
             metrics,
             inner: Mutex::new(Inner::default()),
+            health_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -135,25 +279,47 @@ impl Registry {
     }
 
     /// The state for (upstream, addr): the existing one if any snapshot still
-    /// holds it, else a fresh one.
-    pub fn server(self: &Arc<Self>, upstream: &str, addr: SocketAddr) -> Arc<ServerState> {
+    /// holds it (health and counts carry over), else a fresh one that starts
+    /// up, or down when `initial_up` is false.
+    pub fn server(
+        self: &Arc<Self>,
+        upstream: &str,
+        addr: SocketAddr,
+        initial_up: bool,
+    ) -> Arc<ServerState> {
         let mut inner = self.lock();
         let key: (Arc<str>, SocketAddr) = (Arc::from(upstream), addr);
         if let Some(s) = inner.servers.get(&key).and_then(Weak::upgrade) {
             return s;
         }
         let label = addr.to_string();
+        inner.groups.retain(|_, w| w.strong_count() > 0);
+        let group_in_flight = match inner.groups.get(&key.0).and_then(Weak::upgrade) {
+            Some(g) => g,
+            None => {
+                let g = Arc::new(AtomicUsize::new(0));
+                inner.groups.insert(key.0.clone(), Arc::downgrade(&g));
+                g
+            }
+        };
         let state = Arc::new(ServerState {
             upstream: key.0.clone(),
             addr,
             metrics: ServerMetrics::new(&self.metrics, upstream, &label),
             label,
             in_flight: AtomicUsize::new(0),
-            up: AtomicBool::new(true),
+            checked_down: AtomicBool::new(!initial_up),
+            ejected: AtomicBool::new(false),
+            ejected_until: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            group_in_flight,
+            up_since: AtomicU64::new(0),
+            ewma: PeakEwma::default(),
+            load_hook: ArcSwapOption::empty(),
             pool: Pool::default(),
             registry: Arc::downgrade(self),
         });
-        state.metrics.up.set(1);
+        state.metrics.up.set(initial_up as i64);
         inner.servers.insert(key, Arc::downgrade(&state));
         state
     }
@@ -182,5 +348,19 @@ impl Registry {
         });
         inner.routes.insert(key, Arc::downgrade(&stats));
         stats
+    }
+
+    /// The retry budget of an upstream, kept across snapshots.
+    pub fn retry_budget(&self, upstream: &str) -> Arc<RetryBudget> {
+        let mut inner = self.lock();
+        if let Some(b) = inner.budgets.get(upstream).and_then(Weak::upgrade) {
+            return b;
+        }
+        inner.budgets.retain(|_, w| w.strong_count() > 0);
+        let b = Arc::new(RetryBudget::default());
+        inner
+            .budgets
+            .insert(upstream.to_string(), Arc::downgrade(&b));
+        b
     }
 }

@@ -4,13 +4,16 @@
 //! then `validate` → `Config`, which collects every error it finds, each naming
 //! the file, line, column and key.
 
+mod health;
 mod raw;
+pub mod resolve;
 pub mod units;
 mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The whole validated configuration.
@@ -52,6 +55,61 @@ pub struct ListenerConfig {
     pub body_read_timeout: Duration,
     pub max_connections_per_client: usize,
     pub trusted_proxies: Vec<Cidr>,
+    /// Present when this listener terminates TLS.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination of one listener, with every certificate already loaded
+/// (a reload re-reads the files, so a rotated certificate takes effect).
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// rustls settings: SNI certificate resolver, ALPN h2 + http/1.1,
+    /// protocol versions from `min_version`.
+    pub server: Arc<rustls::ServerConfig>,
+    /// The certificate and key files, in config order.
+    pub files: Vec<PathBuf>,
+}
+
+/// How Fulcrum talks to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over TCP.
+    Http1,
+    /// HTTP/1.1 over TLS.
+    Http1Tls,
+    /// HTTP/2 with prior knowledge over TCP.
+    H2c,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http1Tls => "http1-tls",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Http1Tls | UpstreamProtocol::H2)
+    }
+}
+
+/// TLS towards an upstream's servers.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trust anchors (`tls_ca` or the webpki roots) and ALPN.
+    pub client: Arc<rustls::ClientConfig>,
+    /// `tls_server_name`: SNI and the name the certificate must match. When
+    /// absent, each server's configured host name (or IP) is used.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 /// How a route matches the request's host.
@@ -78,6 +136,11 @@ pub struct RouteConfig {
 pub enum Strategy {
     RoundRobin,
     Weighted,
+    LeastConnections,
+    PowerOfTwo,
+    PeakEwma,
+    IpHash,
+    ConsistentHash,
 }
 
 impl Strategy {
@@ -85,8 +148,51 @@ impl Strategy {
         match self {
             Strategy::RoundRobin => "round-robin",
             Strategy::Weighted => "weighted",
+            Strategy::LeastConnections => "least-connections",
+            Strategy::PowerOfTwo => "power-of-two",
+            Strategy::PeakEwma => "peak-ewma",
+            Strategy::IpHash => "ip-hash",
+            Strategy::ConsistentHash => "consistent-hash",
         }
     }
+
+    /// Every strategy, in the order the docs list them.
+    pub const ALL: [Strategy; 7] = [
+        Strategy::RoundRobin,
+        Strategy::Weighted,
+        Strategy::LeastConnections,
+        Strategy::PowerOfTwo,
+        Strategy::PeakEwma,
+        Strategy::IpHash,
+        Strategy::ConsistentHash,
+    ];
+
+    pub fn from_name(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// What `consistent-hash` hashes (`hash_key`). A request without the named
+/// part falls back to its client IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+    Path,
+}
+
+/// `[upstream.X.sticky]`: cookie session affinity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    /// `None` = session cookie.
+    pub max_age: Option<Duration>,
+    pub secure: bool,
+    pub http_only: bool,
+    /// "Lax", "Strict" or "None" as written in the cookie attribute.
+    pub same_site: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,17 +203,121 @@ pub struct ServerConfig {
     pub configured_as: String,
 }
 
+impl ServerConfig {
+    /// The (name, port) to re-resolve, when the address was written as a DNS name.
+    pub fn dns_name(&self) -> Option<(&str, u16)> {
+        if self.configured_as.parse::<SocketAddr>().is_ok() {
+            return None;
+        }
+        let (host, port) = self.configured_as.rsplit_once(':')?;
+        Some((host, port.parse().ok()?))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
     pub strategy: Strategy,
     pub servers: Vec<ServerConfig>,
+    pub hash_key: HashKey,
+    /// 0 = off; else no server takes more than this × the mean in-flight load.
+    pub hash_balance_factor: f64,
+    /// Zero = off.
+    pub slow_start: Duration,
+    pub sticky: Option<StickyConfig>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_server: usize,
     /// Extra attempts on another server when the request was never sent.
     pub retries: u32,
+    pub protocol: UpstreamProtocol,
+    /// Present when `protocol` uses TLS.
+    pub tls: Option<UpstreamTls>,
+    /// Retries may add at most this fraction of requests (plus a floor).
+    pub retry_budget: f64,
+    /// How often DNS names among the servers are re-resolved.
+    pub resolve_interval: Duration,
+    pub health_check: Option<HealthCheckConfig>,
+    pub passive_health: Option<PassiveHealthConfig>,
+}
+
+/// `[upstream.X.health_check]`: active HTTP probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive range of passing status codes.
+    pub expect_status: (u16, u16),
+    /// Fraction (0.0..=1.0) by which each probe's schedule is spread.
+    pub jitter: f64,
+    /// `initial_state = "up"`: serve before the first check.
+    pub initial_up: bool,
+    pub host: Option<String>,
+}
+
+/// `[upstream.X.passive_health]`: outlier ejection from live traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveHealthConfig {
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+impl UpstreamConfig {
+    /// The TLS name for a server: `tls_server_name`, else the host the server
+    /// was configured as (a DNS name or an IP address).
+    pub fn tls_name_for(&self, addr: SocketAddr) -> Option<rustls_pki_types::ServerName<'static>> {
+        let tls = self.tls.as_ref()?;
+        if let Some(n) = &tls.server_name {
+            return Some(n.clone());
+        }
+        let configured = self
+            .servers
+            .iter()
+            .find(|s| s.address == addr)
+            .map(|s| s.configured_as.trim());
+        // A server written as a DNS name is verified against that name.
+        let dns_host = configured
+            .filter(|c| c.parse::<SocketAddr>().is_err())
+            .and_then(|c| c.rsplit_once(':'))
+            .map(|(host, _)| host)
+            .filter(|h| !h.is_empty());
+        match dns_host {
+            Some(h) => rustls_pki_types::ServerName::try_from(h.to_string()).ok(),
+            None => Some(rustls_pki_types::ServerName::IpAddress(addr.ip().into())),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    /// SPEC's defaults, with no servers: for building upstreams in code
+    /// (benchmarks, tests) with `..Default::default()`.
+    fn default() -> Self {
+        UpstreamConfig {
+            name: String::new(),
+            strategy: Strategy::RoundRobin,
+            servers: Vec::new(),
+            hash_key: HashKey::ClientIp,
+            hash_balance_factor: 0.0,
+            slow_start: Duration::ZERO,
+            sticky: None,
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_server: 64,
+            retries: 1,
+            retry_budget: 0.2,
+            resolve_interval: Duration::from_secs(30),
+            health_check: None,
+            passive_health: None,
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
+        }
+    }
 }
 
 /// An IPv4 or IPv6 network in CIDR notation.

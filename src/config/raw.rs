@@ -61,7 +61,21 @@ pub(crate) struct RawListener {
     pub(crate) max_connections_per_client: Option<Spanned<i64>>,
     pub(crate) proxy_protocol: Option<Spanned<bool>>,
     pub(crate) trusted_proxies: Option<Vec<S>>,
-    pub(crate) tls: Option<Spanned<toml::Value>>,
+    pub(crate) tls: Option<Spanned<RawListenerTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub(crate) certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub(crate) min_version: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub(crate) cert: S,
+    pub(crate) key: S,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,7 +113,39 @@ pub(crate) struct RawUpstream {
     pub(crate) protocol: Option<S>,
     pub(crate) tls_server_name: Option<S>,
     pub(crate) tls_ca: Option<S>,
-    pub(crate) sticky: Option<Spanned<toml::Value>>,
-    pub(crate) health_check: Option<Spanned<toml::Value>>,
-    pub(crate) passive_health: Option<Spanned<toml::Value>>,
+    pub(crate) sticky: Option<Spanned<RawSticky>>,
+    pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(crate) passive_health: Option<Spanned<RawPassiveHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub(crate) path: Option<S>,
+    pub(crate) interval: Option<S>,
+    pub(crate) timeout: Option<S>,
+    pub(crate) healthy_threshold: Option<Spanned<i64>>,
+    pub(crate) unhealthy_threshold: Option<Spanned<i64>>,
+    pub(crate) expect_status: Option<S>,
+    pub(crate) jitter: Option<S>,
+    pub(crate) initial_state: Option<S>,
+    pub(crate) host: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassiveHealth {
+    pub(crate) consecutive_failures: Option<Spanned<i64>>,
+    pub(crate) ejection_time: Option<S>,
+    pub(crate) max_ejection_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSticky {
+    pub(crate) cookie: Option<S>,
+    pub(crate) max_age: Option<S>,
+    pub(crate) secure: Option<bool>,
+    pub(crate) http_only: Option<bool>,
+    pub(crate) same_site: Option<S>,
 }

@@ -8,23 +8,18 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawListener, RawRoute, RawSize, RawUpstream, S};
+use super::raw::{
+    RawConfig, RawListener, RawListenerTls, RawRoute, RawSize, RawSticky, RawUpstream, S,
+};
 use super::units::{parse_duration, parse_size};
 use super::{
-    AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HostMatch, ListenerConfig,
-    RouteConfig, ServerConfig, Strategy, UpstreamConfig,
+    AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HashKey, HostMatch,
+    ListenerConfig, ListenerTls, RouteConfig, ServerConfig, StickyConfig, Strategy, UpstreamConfig,
+    UpstreamProtocol, UpstreamTls,
 };
+use crate::server::tls::{load_certified_key, server_config, MinVersion};
 
-/// Strategy names from the SPEC that a later version implements.
-const PLANNED_STRATEGIES: &[&str] = &[
-    "least-connections",
-    "power-of-two",
-    "peak-ewma",
-    "ip-hash",
-    "consistent-hash",
-];
-
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     text: &'a str,
     diags: Vec<Diagnostic>,
 }
@@ -38,7 +33,12 @@ impl Ctx<'_> {
         (line, col)
     }
 
-    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn error(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (line, column) = self.line_col(span.start);
         self.diags.push(Diagnostic {
             line,
@@ -48,7 +48,7 @@ impl Ctx<'_> {
         });
     }
 
-    fn duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
         match v {
             None => default,
             Some(s) => match parse_duration(s.get_ref()) {
@@ -61,7 +61,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn positive_duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
+    pub(super) fn positive_duration(
+        &mut self,
+        v: &Option<S>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let d = self.duration(v, key, default);
         if d.is_zero() {
             if let Some(s) = v {
@@ -72,7 +77,13 @@ impl Ctx<'_> {
         d
     }
 
-    fn int(&mut self, v: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: i64) -> i64 {
+    pub(super) fn int(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        range: Range<i64>,
+        default: i64,
+    ) -> i64 {
         match v {
             None => default,
             Some(n) if range.contains(n.get_ref()) => *n.get_ref(),
@@ -204,7 +215,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
     let mut addrs = HashSet::new();
     addrs.insert(admin.listen);
     for (i, l) in raw.listeners.iter().enumerate() {
-        let l = validate_listener(ctx, i, l.get_ref());
+        let l = validate_listener(ctx, path, i, l.get_ref());
         let name_span = raw.listeners[i].get_ref().name.span();
         if !names.insert(l.name.clone()) {
             ctx.error(
@@ -278,7 +289,7 @@ fn socket_addr(ctx: &mut Ctx<'_>, s: &S, key: &str) -> SocketAddr {
     }
 }
 
-fn validate_listener(ctx: &mut Ctx<'_>, i: usize, l: &RawListener) -> ListenerConfig {
+fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) -> ListenerConfig {
     let k = |key: &str| format!("listener[{i}].{key}");
     let name = l.name.get_ref().trim().to_string();
     if name.is_empty() {
@@ -339,9 +350,10 @@ fn validate_listener(ctx: &mut Ctx<'_>, i: usize, l: &RawListener) -> ListenerCo
             Err(e) => ctx.error(c.span(), k(&format!("trusted_proxies[{j}]")), e),
         }
     }
-    if let Some(t) = &l.tls {
-        ctx.not_yet(t.span(), &k("tls"));
-    }
+    let tls = l
+        .tls
+        .as_ref()
+        .and_then(|t| validate_listener_tls(ctx, path, i, t.get_ref(), t.span()));
     ListenerConfig {
         name,
         listen,
@@ -353,7 +365,75 @@ fn validate_listener(ctx: &mut Ctx<'_>, i: usize, l: &RawListener) -> ListenerCo
         body_read_timeout,
         max_connections_per_client,
         trusted_proxies,
+        tls,
     }
+}
+
+/// A path from the config file, relative to the file's directory.
+fn config_relative(config: &Path, p: &str) -> std::path::PathBuf {
+    let p = Path::new(p.trim());
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    config.parent().unwrap_or(Path::new("")).join(p)
+}
+
+/// `[listener.tls]`: loads every certificate now, so a bad one fails the
+/// start or the reload with the file and key named.
+fn validate_listener_tls(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    i: usize,
+    t: &RawListenerTls,
+    span: Range<usize>,
+) -> Option<ListenerTls> {
+    let k = |key: &str| format!("listener[{i}].tls.{key}");
+    let min = match t.min_version.as_ref() {
+        None => MinVersion::Tls12,
+        Some(v) => match v.get_ref().trim() {
+            "1.2" => MinVersion::Tls12,
+            "1.3" => MinVersion::Tls13,
+            other => {
+                ctx.error(
+                    v.span(),
+                    k("min_version"),
+                    format!("unknown TLS version \"{other}\": expected \"1.2\" or \"1.3\""),
+                );
+                MinVersion::Tls12
+            }
+        },
+    };
+    if t.certificates.get_ref().is_empty() {
+        let s = if t.certificates.span().is_empty() {
+            span
+        } else {
+            t.certificates.span()
+        };
+        ctx.error(s, k("certificates"), "at least one certificate is required");
+        return None;
+    }
+    let mut keys = Vec::new();
+    let mut files = Vec::new();
+    let mut ok = true;
+    for (j, c) in t.certificates.get_ref().iter().enumerate() {
+        let span = c.span();
+        let c = c.get_ref();
+        let cert = config_relative(path, c.cert.get_ref());
+        let key = config_relative(path, c.key.get_ref());
+        match load_certified_key(&cert, &key) {
+            Ok(ck) => keys.push(std::sync::Arc::new(ck)),
+            Err(e) => {
+                ctx.error(span, k(&format!("certificates[{j}]")), e);
+                ok = false;
+            }
+        }
+        files.push(cert);
+        files.push(key);
+    }
+    ok.then(|| ListenerTls {
+        server: server_config(keys, min),
+        files,
+    })
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -464,7 +544,7 @@ fn validate_route(
 
 fn validate_upstream(
     ctx: &mut Ctx<'_>,
-    _path: &Path,
+    path: &Path,
     name: &str,
     u: &Spanned<RawUpstream>,
 ) -> UpstreamConfig {
@@ -484,26 +564,14 @@ fn validate_upstream(
     }
     let strategy = match u.strategy.as_ref() {
         None => Strategy::RoundRobin,
-        Some(s) => match s.get_ref().as_str() {
-            "round-robin" => Strategy::RoundRobin,
-            "weighted" => Strategy::Weighted,
-            other if PLANNED_STRATEGIES.contains(&other) => {
-                ctx.error(
-                    s.span(),
-                    k("strategy"),
-                    format!("strategy \"{other}\" is not supported by fulcrum {} yet: use \"round-robin\" or \"weighted\"", env!("CARGO_PKG_VERSION")),
-                );
-                Strategy::RoundRobin
-            }
-            other => {
-                ctx.error(
-                    s.span(),
-                    k("strategy"),
-                    format!("unknown strategy \"{other}\": expected one of round-robin, weighted, least-connections, power-of-two, peak-ewma, ip-hash, consistent-hash"),
-                );
-                Strategy::RoundRobin
-            }
-        },
+        Some(s) => Strategy::from_name(s.get_ref()).unwrap_or_else(|| {
+            ctx.error(
+                s.span(),
+                k("strategy"),
+                format!("unknown strategy \"{}\": expected one of round-robin, weighted, least-connections, power-of-two, peak-ewma, ip-hash, consistent-hash", s.get_ref()),
+            );
+            Strategy::RoundRobin
+        }),
     };
 
     let mut servers: Vec<ServerConfig> = Vec::new();
@@ -555,66 +623,102 @@ fn validate_upstream(
         }
     }
 
-    if let Some(h) = &u.hash_key {
-        ctx.not_yet(h.span(), &k("hash_key"));
-    }
-    if let Some(f) = &u.hash_balance_factor {
-        if *f.get_ref() != 0.0 {
-            ctx.not_yet(f.span(), &k("hash_balance_factor"));
+    let hash_key = match &u.hash_key {
+        None => HashKey::ClientIp,
+        Some(h) => {
+            if strategy != Strategy::ConsistentHash {
+                ctx.error(
+                    h.span(),
+                    k("hash_key"),
+                    format!(
+                        "hash_key applies only to strategy \"consistent-hash\" (this upstream uses \"{}\")",
+                        strategy.as_str()
+                    ),
+                );
+            }
+            parse_hash_key(h.get_ref()).unwrap_or_else(|e| {
+                ctx.error(h.span(), k("hash_key"), e);
+                HashKey::ClientIp
+            })
         }
-    }
-    if let Some(s) = &u.slow_start {
-        if !ctx
-            .duration(&u.slow_start, &k("slow_start"), Duration::ZERO)
-            .is_zero()
-        {
-            ctx.not_yet(s.span(), &k("slow_start"));
+    };
+    let hash_balance_factor = match &u.hash_balance_factor {
+        None => 0.0,
+        Some(f) => {
+            let v = *f.get_ref();
+            if !matches!(strategy, Strategy::ConsistentHash | Strategy::IpHash) && v != 0.0 {
+                ctx.error(
+                    f.span(),
+                    k("hash_balance_factor"),
+                    "hash_balance_factor applies only to strategies \"consistent-hash\" and \"ip-hash\"",
+                );
+                0.0
+            } else if v == 0.0 || (1.0..=100.0).contains(&v) {
+                v
+            } else {
+                ctx.error(
+                    f.span(),
+                    k("hash_balance_factor"),
+                    format!("{v} is out of range: 0 (off) or 1.0 to 100.0, e.g. 1.25"),
+                );
+                0.0
+            }
         }
-    }
-    ctx.positive_duration(
+    };
+    let slow_start = ctx.duration(&u.slow_start, &k("slow_start"), Duration::ZERO);
+    let sticky = u
+        .sticky
+        .as_ref()
+        .map(|s| validate_sticky(ctx, name, s.get_ref()));
+    let resolve_interval = ctx.positive_duration(
         &u.resolve_interval,
         &k("resolve_interval"),
         Duration::from_secs(30),
     );
     let retries = ctx.int(&u.retries, &k("retries"), 0..11, 1) as u32;
-    if let Some(b) = &u.retry_budget {
-        if !(0.0..=1.0).contains(b.get_ref()) {
+    let retry_budget = match &u.retry_budget {
+        None => 0.2,
+        Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
+        Some(b) => {
             ctx.error(b.span(), k("retry_budget"), "must be between 0.0 and 1.0");
+            0.2
         }
-    }
-    if let Some(p) = &u.protocol {
-        match p.get_ref().as_str() {
-            "http1" => {}
-            "h2c" | "h2" | "http1-tls" => ctx.not_yet(p.span(), &k("protocol")),
-            other => ctx.error(
-                p.span(),
-                k("protocol"),
-                format!("unknown protocol \"{other}\": expected http1, h2c, h2 or http1-tls"),
-            ),
-        }
-    }
-    for (v, key) in [
-        (&u.tls_server_name, "tls_server_name"),
-        (&u.tls_ca, "tls_ca"),
-    ] {
-        if let Some(v) = v {
-            ctx.not_yet(v.span(), &k(key));
-        }
-    }
-    for (v, key) in [
-        (&u.sticky, "sticky"),
-        (&u.health_check, "health_check"),
-        (&u.passive_health, "passive_health"),
-    ] {
-        if let Some(v) = v {
-            ctx.not_yet(v.span(), &k(key));
-        }
-    }
+    };
+    let protocol = match u.protocol.as_ref() {
+        None => UpstreamProtocol::Http1,
+        Some(p) => match p.get_ref().as_str() {
+            "http1" => UpstreamProtocol::Http1,
+            "http1-tls" => UpstreamProtocol::Http1Tls,
+            "h2c" => UpstreamProtocol::H2c,
+            "h2" => UpstreamProtocol::H2,
+            other => {
+                ctx.error(
+                    p.span(),
+                    k("protocol"),
+                    format!("unknown protocol \"{other}\": expected http1, h2c, h2 or http1-tls"),
+                );
+                UpstreamProtocol::Http1
+            }
+        },
+    };
+    let tls = validate_upstream_tls(ctx, path, name, u, protocol);
+    let health_check = u
+        .health_check
+        .as_ref()
+        .map(|h| super::health::active(ctx, name, h.get_ref()));
+    let passive_health = u
+        .passive_health
+        .as_ref()
+        .map(|p| super::health::passive(ctx, name, p.get_ref()));
 
     UpstreamConfig {
         name: name.to_string(),
         strategy,
         servers,
+        hash_key,
+        hash_balance_factor,
+        slow_start,
+        sticky,
         connect_timeout: ctx.positive_duration(
             &u.connect_timeout,
             &k("connect_timeout"),
@@ -637,6 +741,167 @@ fn validate_upstream(
             64,
         ) as usize,
         retries,
+        retry_budget,
+        resolve_interval,
+        health_check,
+        passive_health,
+        protocol,
+        tls,
+    }
+}
+
+/// `tls_server_name` and `tls_ca`, for the protocols that use TLS.
+fn validate_upstream_tls(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    name: &str,
+    u: &RawUpstream,
+    protocol: UpstreamProtocol,
+) -> Option<UpstreamTls> {
+    let k = |key: &str| format!("upstream.{name}.{key}");
+    if !protocol.uses_tls() {
+        for (v, key) in [
+            (&u.tls_server_name, "tls_server_name"),
+            (&u.tls_ca, "tls_ca"),
+        ] {
+            if let Some(v) = v {
+                ctx.error(
+                    v.span(),
+                    k(key),
+                    format!(
+                        "only used when protocol is \"h2\" or \"http1-tls\" (protocol is \"{}\")",
+                        protocol.as_str()
+                    ),
+                );
+            }
+        }
+        return None;
+    }
+    let server_name = match &u.tls_server_name {
+        None => None,
+        Some(n) => match rustls_pki_types::ServerName::try_from(n.get_ref().trim().to_string()) {
+            Ok(sn) => Some(sn),
+            Err(_) => {
+                ctx.error(
+                    n.span(),
+                    k("tls_server_name"),
+                    format!("\"{}\" is not a DNS name or IP address", n.get_ref()),
+                );
+                None
+            }
+        },
+    };
+    let ca = u
+        .tls_ca
+        .as_ref()
+        .map(|c| config_relative(path, c.get_ref()));
+    match crate::proxy::upstream_tls::client_config(ca.as_deref(), protocol.is_h2()) {
+        Ok(client) => Some(UpstreamTls {
+            client,
+            server_name,
+        }),
+        Err(e) => {
+            let (span, key) = match &u.tls_ca {
+                Some(c) => (c.span(), k("tls_ca")),
+                None => (0..0, k("protocol")),
+            };
+            ctx.error(span, key, e);
+            None
+        }
+    }
+}
+
+/// `hash_key`: "client-ip", "header:<Name>", "cookie:<name>", "query:<name>", "path".
+fn parse_hash_key(v: &str) -> Result<HashKey, String> {
+    let expected = "expected \"client-ip\", \"header:<Name>\", \"cookie:<name>\", \"query:<name>\" or \"path\"";
+    match v {
+        "client-ip" => return Ok(HashKey::ClientIp),
+        "path" => return Ok(HashKey::Path),
+        _ => {}
+    }
+    let Some((kind, arg)) = v.split_once(':') else {
+        return Err(format!("unknown hash_key \"{v}\": {expected}"));
+    };
+    if arg.is_empty() {
+        return Err(format!("hash_key \"{v}\" needs a name after ':'"));
+    }
+    match kind {
+        "header" => http::HeaderName::from_bytes(arg.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| format!("\"{arg}\" is not a valid header name")),
+        "cookie"
+            if arg
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=;,\\\"".contains(&b)) =>
+        {
+            Ok(HashKey::Cookie(arg.to_string()))
+        }
+        "cookie" => Err(format!("\"{arg}\" is not a valid cookie name")),
+        "query" => Ok(HashKey::Query(arg.to_string())),
+        _ => Err(format!("unknown hash_key \"{v}\": {expected}")),
+    }
+}
+
+fn validate_sticky(ctx: &mut Ctx<'_>, upstream: &str, s: &RawSticky) -> StickyConfig {
+    let k = |key: &str| format!("upstream.{upstream}.sticky.{key}");
+    let cookie = match &s.cookie {
+        None => "fulcrum_sticky".to_string(),
+        Some(c) => {
+            let v = c.get_ref();
+            let token = !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if !token {
+                ctx.error(
+                    c.span(),
+                    k("cookie"),
+                    format!(
+                        "\"{v}\" is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+                    ),
+                );
+            }
+            v.clone()
+        }
+    };
+    let max_age = match &s.max_age {
+        Some(m) if !m.get_ref().trim().is_empty() => {
+            let d = ctx.positive_duration(&s.max_age, &k("max_age"), Duration::from_secs(1));
+            Some(d)
+        }
+        _ => None,
+    };
+    let same_site = match &s.same_site {
+        None => "Lax",
+        Some(v) => match v.get_ref().as_str() {
+            "lax" => "Lax",
+            "strict" => "Strict",
+            "none" => "None",
+            other => {
+                ctx.error(
+                    v.span(),
+                    k("same_site"),
+                    format!("unknown same_site \"{other}\": expected lax, strict or none"),
+                );
+                "Lax"
+            }
+        },
+    };
+    let secure = s.secure.unwrap_or(false);
+    if same_site == "None" && !secure {
+        if let Some(v) = &s.same_site {
+            ctx.error(
+                v.span(),
+                k("same_site"),
+                "same_site = \"none\" requires secure = true (browsers reject it otherwise)",
+            );
+        }
+    }
+    StickyConfig {
+        cookie,
+        max_age,
+        secure,
+        http_only: s.http_only.unwrap_or(true),
+        same_site,
     }
 }
 
@@ -657,11 +922,8 @@ fn resolve_server(ctx: &mut Ctx<'_>, s: &S, key: &str) -> Vec<SocketAddr> {
         ctx.error(s.span(), key, format!("\"{v}\" has an invalid port"));
         return Vec::new();
     };
-    match (host, port).to_socket_addrs() {
-        Ok(it) => {
-            let mut addrs: Vec<SocketAddr> = it.collect();
-            addrs.sort();
-            addrs.dedup();
+    match super::resolve::resolve(host, port) {
+        Ok(addrs) => {
             if addrs.is_empty() {
                 ctx.error(s.span(), key, format!("\"{v}\" resolves to no address"));
             }
@@ -743,6 +1005,74 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
     }
 
     #[test]
+    fn strategy_keys_validated_with_line_and_key() {
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"consistent-hash\"\nhash_key = \"cookie:sid\"\nhash_balance_factor = 1.25\nslow_start = \"30s\"",
+        ) + "[upstream.api.sticky]\ncookie = \"srv\"\nmax_age = \"1h\"\nsame_site = \"strict\"\n";
+        let c = check(&text).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.strategy, Strategy::ConsistentHash);
+        assert_eq!(u.hash_key, HashKey::Cookie("sid".into()));
+        assert_eq!(u.hash_balance_factor, 1.25);
+        assert_eq!(u.slow_start, Duration::from_secs(30));
+        let st = u.sticky.as_ref().unwrap();
+        assert_eq!(
+            (
+                st.cookie.as_str(),
+                st.max_age,
+                st.same_site,
+                st.http_only,
+                st.secure
+            ),
+            (
+                "srv",
+                Some(Duration::from_secs(3600)),
+                "Strict",
+                true,
+                false
+            )
+        );
+
+        let bad = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"least-connections\"\nhash_key = \"bogus\"\nhash_balance_factor = 0.5\nslow_start = \"soon\"",
+        ) + "[upstream.api.sticky]\ncookie = \"a b\"\nsame_site = \"none\"\n";
+        let e = check(&bad).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("t.toml:17:12: upstream.api.hash_key: hash_key applies only to strategy \"consistent-hash\""), "{s}");
+        assert!(
+            s.contains("upstream.api.hash_key: unknown hash_key \"bogus\""),
+            "{s}"
+        );
+        assert!(
+            s.contains("t.toml:18:23: upstream.api.hash_balance_factor"),
+            "{s}"
+        );
+        assert!(s.contains("t.toml:19:14: upstream.api.slow_start"), "{s}");
+        assert!(
+            s.contains("upstream.api.sticky.cookie: \"a b\" is not a valid cookie name"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "upstream.api.sticky.same_site: same_site = \"none\" requires secure = true"
+            ),
+            "{s}"
+        );
+        let typo = GOOD.to_string() + "[upstream.api.sticky]\ncokie = \"x\"\n";
+        let s = check(&typo).unwrap_err().to_string();
+        assert!(
+            s.contains("t.toml:19:1: cokie: unknown field `cokie`"),
+            "{s}"
+        );
+        let s = check(&GOOD.replace("weighted", "fastest"))
+            .unwrap_err()
+            .to_string();
+        assert!(s.contains("unknown strategy \"fastest\""), "{s}");
+    }
+
+    #[test]
     fn cidr() {
         let c = parse_cidr("10.0.0.0/8").unwrap();
         assert!(c.contains("10.1.2.3".parse().unwrap()));
@@ -752,5 +1082,60 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
         assert!(parse_cidr("::1/128")
             .unwrap()
             .contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn upstream_protocols_and_tls_keys() {
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"weighted\"\nprotocol = \"h2\"\ntls_server_name = \"api.internal\"",
+        );
+        let c = check(&text).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.protocol, UpstreamProtocol::H2);
+        let tls = u.tls.as_ref().unwrap();
+        assert_eq!(tls.client.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            u.tls_name_for(u.servers[0].address).unwrap().to_str(),
+            "api.internal"
+        );
+
+        let text = GOOD.replace(
+            "strategy = \"weighted\"",
+            "strategy = \"weighted\"\nprotocol = \"h3\"",
+        );
+        let e = check(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("upstream.api.protocol: unknown protocol \"h3\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listener_tls_errors_name_the_key() {
+        let text = GOOD.replace(
+            "max_request_body = \"10MiB\"",
+            "[listener.tls]\ncertificates = []\nmin_version = \"1.0\"",
+        );
+        let e = check(&text).unwrap_err().to_string();
+        assert!(e.contains("listener[0].tls.min_version"), "{e}");
+        assert!(
+            e.contains("listener[0].tls.certificates: at least one"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_config_file() {
+        let base = Path::new("/etc/fulcrum/fulcrum.toml");
+        assert_eq!(
+            config_relative(base, "certs/a.pem"),
+            Path::new("/etc/fulcrum/certs/a.pem")
+        );
+        assert_eq!(config_relative(base, "/abs/a.pem"), Path::new("/abs/a.pem"));
+        assert_eq!(
+            config_relative(Path::new("f.toml"), "a.pem"),
+            Path::new("a.pem")
+        );
     }
 }

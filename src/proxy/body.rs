@@ -56,7 +56,8 @@ struct BodyError(&'static str);
 
 /// The client's request body, streamed upstream.
 pub struct ReqBody {
-    inner: Incoming,
+    /// `None`: an empty body (a replayed bodiless request).
+    inner: Option<Incoming>,
     remaining: u64,
     timeout: Duration,
     last_progress: Instant,
@@ -73,7 +74,7 @@ impl ReqBody {
         let flags = Arc::new(BodyFlags::default());
         (
             ReqBody {
-                inner,
+                inner: Some(inner),
                 remaining: limit.unwrap_or(u64::MAX),
                 timeout,
                 last_progress: Instant::now(),
@@ -82,6 +83,20 @@ impl ReqBody {
             },
             flags,
         )
+    }
+}
+
+impl ReqBody {
+    /// An empty body, for replaying a request that had none.
+    pub fn empty(flags: Arc<BodyFlags>) -> ReqBody {
+        ReqBody {
+            inner: None,
+            remaining: 0,
+            timeout: Duration::from_secs(1),
+            last_progress: Instant::now(),
+            sleep: None,
+            flags,
+        }
     }
 }
 
@@ -94,7 +109,10 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.flags.set(BodyFlags::STARTED);
                 if let Some(data) = frame.data_ref() {
@@ -133,11 +151,13 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), |i| i.size_hint())
     }
 }
 

@@ -25,6 +25,8 @@ pub enum ProxyError {
     ConnectTimeout,
     #[error("upstream handshake failed")]
     Handshake(#[source] hyper::Error),
+    #[error("upstream TLS handshake failed")]
+    UpstreamTls(#[source] std::io::Error),
     #[error("upstream response timed out")]
     ResponseTimeout,
     #[error("upstream reset or closed the connection")]
@@ -52,6 +54,7 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
+            | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -67,9 +70,10 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTimeout => "request body timeout\n",
             ProxyError::BadRequest(_) => "bad request\n",
-            ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Handshake(_) => {
-                "upstream connect error\n"
-            }
+            ProxyError::Connect(_)
+            | ProxyError::ConnectTimeout
+            | ProxyError::Handshake(_)
+            | ProxyError::UpstreamTls(_) => "upstream connect error\n",
             ProxyError::UpstreamReset(_) => "upstream connection reset\n",
             ProxyError::UpstreamProtocol(_) => "invalid upstream response\n",
             ProxyError::ResponseTimeout => "upstream response timeout\n",
@@ -92,6 +96,7 @@ impl ProxyError {
             | ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
+            | ProxyError::UpstreamTls(_)
             | ProxyError::ResponseTimeout
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamProtocol(_) => false,
@@ -103,6 +108,7 @@ impl ProxyError {
     pub fn upstream_kind(&self) -> Option<ErrorKind> {
         match self {
             ProxyError::Connect(_) | ProxyError::Handshake(_) => Some(ErrorKind::Connect),
+            ProxyError::UpstreamTls(_) => Some(ErrorKind::Tls),
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => Some(ErrorKind::Timeout),
             ProxyError::UpstreamReset(_) => Some(ErrorKind::Reset),
             ProxyError::UpstreamProtocol(_) => Some(ErrorKind::Protocol),
@@ -122,7 +128,10 @@ impl ProxyError {
     pub fn never_sent(&self) -> bool {
         matches!(
             self,
-            ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Handshake(_)
+            ProxyError::Connect(_)
+                | ProxyError::ConnectTimeout
+                | ProxyError::Handshake(_)
+                | ProxyError::UpstreamTls(_)
         )
     }
 }

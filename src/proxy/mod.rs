@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod upstream_tls;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,16 +16,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::backend::{InFlight, Registry, ServerState};
-use crate::balance::PickContext;
+use crate::backend::{clock_ms, InFlight, Registry, ServerState};
+use crate::balance::{ewma, PickContext};
+use crate::health::passive;
 use crate::routing::{request_host, RoutingTable, Upstream};
-use crate::server::conn::ConnState;
+use crate::server::conn::{ActiveGuard, ConnState};
 use body::{BodyFlags, Finish, ProxyBody, ReqBody, UpstreamBody};
 use error::ProxyError;
 use headers::{PROTO_HTTP, PROTO_HTTPS, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -44,6 +46,15 @@ pub struct ConnInfo {
     pub client_ip_value: HeaderValue,
     pub tls: bool,
     pub state: Arc<ConnState>,
+    /// Holds the listener's drain open: an upgrade takes it into its tunnel,
+    /// so shutdown waits for tunnels too (up to `shutdown_timeout`).
+    pub drain: std::sync::Mutex<Option<hyper_util::server::graceful::Watcher>>,
+}
+
+impl ConnInfo {
+    fn take_drain(&self) -> Option<hyper_util::server::graceful::Watcher> {
+        self.drain.lock().ok().and_then(|mut w| w.take())
+    }
 }
 
 /// Answers one request. Never fails.
@@ -144,12 +155,22 @@ async fn proxy(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    // HTTP/1.1 Upgrade (WebSocket) is tunnelled to HTTP/1.1 servers; an h2
+    // server gets the request without its hop-by-hop upgrade headers.
+    let upgrade = req.version() == Version::HTTP_11
+        && headers::wants_upgrade(req.headers())
+        && !upstream.config.protocol.is_h2();
     let (mut parts, incoming) = req.into_parts();
     let client_upgrade =
         upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
+    let ctx = upstream.pick_context(&parts, conn.client_ip);
+    let sticky = upstream.sticky_target(&parts.headers);
     rewrite_request(&mut parts, conn, upgrade);
     let _ = request_id;
+    // A bodiless idempotent request can be replayed on another server if the
+    // first one resets or times out before answering; keep its head for that.
+    let replay = (hyper::body::Body::is_end_stream(&incoming) && is_idempotent(&parts.method))
+        .then(|| parts.clone());
     let (body, flags) = ReqBody::new(
         incoming,
         settings.max_request_body,
@@ -157,33 +178,80 @@ async fn proxy(
     );
     let mut req = Request::from_parts(parts, body);
 
-    let ctx = PickContext {};
-    let mut last: Option<&Arc<ServerState>> = None;
-    let mut attempts_left = upstream_retries(upstream) + 1;
+    let mut tried: Vec<&Arc<ServerState>> = Vec::new();
+    let mut attempts_left = upstream.config.retries + 1;
+    upstream.retry_budget.record_request(clock_ms());
     loop {
         attempts_left -= 1;
-        let server = pick_other(upstream, &ctx, last).ok_or(ProxyError::NoHealthyUpstream)?;
+        let server = match sticky {
+            Some(s) if tried.is_empty() && s.is_up() => s,
+            _ => pick_untried(upstream, &ctx, &tried).ok_or(ProxyError::NoHealthyUpstream)?,
+        };
         *served = Some(server.addr);
         let in_flight = InFlight::new(server.clone());
         let sent_at = Instant::now();
-        match forward::send(server, &upstream.config, req).await {
+        let rebuild = || {
+            let p = replay
+                .as_ref()
+                .expect("only offered with a replayable head");
+            Request::from_parts(p.clone(), ReqBody::empty(flags.clone()))
+        };
+        let replay_fn: Option<&(dyn Fn() -> Request<ReqBody> + Sync)> =
+            replay.as_ref().map(|_| &rebuild as _);
+        match forward::send(server, &upstream.config, req, replay_fn).await {
             Ok((resp, conn1)) => {
+                let latency = sent_at.elapsed();
                 server
                     .metrics
                     .response_seconds
-                    .observe(sent_at.elapsed().as_secs_f64());
+                    .observe(latency.as_secs_f64());
                 server.metrics.responses.inc(resp.status().as_u16());
-                return Ok(finish_response(resp, in_flight, conn1, client_upgrade));
+                passive::record(upstream, server, resp.status().is_server_error());
+                ewma::record_response(server, latency, resp.status().as_u16(), resp.headers());
+                let mut resp = finish_response(
+                    resp,
+                    in_flight,
+                    conn1,
+                    client_upgrade.map(|u| TunnelHold {
+                        upgrade: u,
+                        active: conn.state.begin(),
+                        drain: conn.take_drain(),
+                    }),
+                );
+                if let Some(c) = upstream.sticky_cookie(sticky, server) {
+                    resp.headers_mut().append(SET_COOKIE, c.clone());
+                }
+                return Ok(resp);
             }
             Err(f) => {
+                server.ewma.penalize();
                 let e = body_error(&flags).unwrap_or(f.error);
                 if let Some(kind) = e.upstream_kind() {
                     server.metrics.error(kind);
+                    passive::record(upstream, server, true);
                 }
-                match f.request {
-                    Some(r) if e.never_sent() && attempts_left > 0 => {
+                let next = match f.request {
+                    Some(r) if e.never_sent() => Some(r),
+                    _ if matches!(
+                        e,
+                        ProxyError::UpstreamReset(_) | ProxyError::ResponseTimeout
+                    ) && !flags.started() =>
+                    {
+                        replay.as_ref().map(|_| rebuild())
+                    }
+                    _ => None,
+                };
+                match next {
+                    Some(r)
+                        if attempts_left > 0
+                            && upstream.up.len() > tried.len() + 1
+                            && upstream
+                                .retry_budget
+                                .try_retry(upstream.config.retry_budget, clock_ms()) =>
+                    {
                         upstream.retries_total.inc();
-                        last = Some(server);
+                        tracing::debug!(upstream = %upstream.name, server = %server.addr, error = %e, "retrying on another server");
+                        tried.push(server);
                         req = r;
                     }
                     _ => return Err(e),
@@ -193,24 +261,27 @@ async fn proxy(
     }
 }
 
-fn upstream_retries(u: &Upstream) -> u32 {
-    u.config.retries
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    *m == Method::GET
+        || *m == Method::HEAD
+        || *m == Method::OPTIONS
+        || *m == Method::PUT
+        || *m == Method::DELETE
+        || *m == Method::TRACE
 }
 
-/// Picks a server, avoiding `last` when another one is up.
-fn pick_other<'a>(
+/// Picks an up server not tried yet for this request. The snapshot's up list
+/// can trail a health change by a moment, so a pick is re-checked.
+fn pick_untried<'a>(
     upstream: &'a Upstream,
-    ctx: &PickContext,
-    last: Option<&Arc<ServerState>>,
+    ctx: &PickContext<'_>,
+    tried: &[&Arc<ServerState>],
 ) -> Option<&'a Arc<ServerState>> {
-    let first = upstream.pick(ctx)?;
-    match last {
-        Some(l) if Arc::ptr_eq(l, first) && upstream.up.len() > 1 => upstream
-            .up
-            .iter()
-            .find(|s| !Arc::ptr_eq(s, l))
-            .or(Some(first)),
-        _ => Some(first),
+    let usable = |s: &Arc<ServerState>| s.is_up() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
+    match upstream.pick(ctx) {
+        Some(s) if usable(s) => Some(s),
+        _ => upstream.up.iter().find(|s| usable(s)),
     }
 }
 
@@ -271,44 +342,61 @@ fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: b
     parts.version = Version::HTTP_11;
 }
 
+/// What a client's upgrade request carries into its tunnel.
+struct TunnelHold {
+    upgrade: hyper::upgrade::OnUpgrade,
+    /// Keeps the client connection marked busy, so its header/idle timer
+    /// never fires inside the tunnel.
+    active: ActiveGuard,
+    /// Keeps the listener's graceful drain waiting for the tunnel.
+    drain: Option<hyper_util::server::graceful::Watcher>,
+}
+
 fn finish_response(
     resp: Response<Incoming>,
     in_flight: InFlight,
-    conn: pool::Upstream1,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    conn: Option<pool::Upstream1>,
+    client_upgrade: Option<TunnelHold>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
+        if let Some(hold) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), ()));
             headers::strip_hop_by_hop(&mut parts.headers, true);
-            tokio::spawn(tunnel(client, upstream_upgrade, in_flight, conn));
+            tokio::spawn(tunnel(hold, upstream_upgrade, in_flight, conn));
             return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    let finish = Finish {
-        in_flight,
-        conn: Some(conn),
-    };
+    let finish = Finish { in_flight, conn };
     Response::from_parts(parts, ProxyBody::upstream(UpstreamBody::new(body, finish)))
 }
 
-/// Copies bytes both ways between an upgraded client and server connection,
-/// counting as in flight until both sides are done.
+/// Copies bytes both ways between an upgraded client and server connection
+/// (with backpressure: each side is read only as fast as the other takes
+/// it), counting as in flight until both sides are done.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    hold: TunnelHold,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
-    _conn: pool::Upstream1,
+    _conn: Option<pool::Upstream1>,
 ) {
+    let TunnelHold {
+        upgrade: client,
+        active,
+        drain,
+    } = hold;
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
         return;
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(server = %in_flight.server().label, error = %e, "tunnel ended with error");
+    }
     drop(in_flight);
+    drop(active);
+    drop(drain);
 }
 
 /// The one place a `ProxyError` becomes a response.

@@ -8,13 +8,15 @@ mod matcher;
 pub use matcher::{host_matches, path_matches, request_host};
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use prometheus::IntCounter;
 
 use crate::backend::{Registry, RouteStats, ServerState};
-use crate::balance::{Balancer, PickContext};
-use crate::config::{Config, HostMatch, ListenerConfig, UpstreamConfig};
+use crate::balance::{key, Balancer, PickContext, Sticky};
+use crate::config::{Config, HostMatch, ListenerConfig, Strategy, UpstreamConfig};
+use crate::health::budget::RetryBudget;
 
 /// One immutable generation of the routing configuration.
 pub struct RoutingTable {
@@ -50,7 +52,10 @@ pub struct Upstream {
     /// The servers the balancer chooses among, in server order.
     pub up: Vec<Arc<ServerState>>,
     pub balancer: Balancer,
+    /// Cookie affinity over `up`, when configured.
+    pub sticky: Option<Sticky>,
     pub retries_total: IntCounter,
+    pub retry_budget: Arc<RetryBudget>,
 }
 
 impl Upstream {
@@ -58,6 +63,38 @@ impl Upstream {
     #[inline]
     pub fn pick(&self, ctx: &PickContext) -> Option<&Arc<ServerState>> {
         self.balancer.pick(ctx).and_then(|i| self.up.get(i))
+    }
+
+    /// What the strategy needs to know about this request. Hashes the
+    /// `hash_key` only for the hashing strategies.
+    #[inline]
+    pub fn pick_context(&self, parts: &http::request::Parts, client_ip: IpAddr) -> PickContext<'_> {
+        let key = match self.config.strategy {
+            Strategy::ConsistentHash => key::request_hash(&self.config.hash_key, parts, client_ip),
+            Strategy::IpHash => key::hash_ip(client_ip),
+            _ => 0,
+        };
+        PickContext { up: &self.up, key }
+    }
+
+    /// The up server a sticky cookie in `headers` names, if any.
+    #[inline]
+    pub fn sticky_target(&self, headers: &http::HeaderMap) -> Option<&Arc<ServerState>> {
+        self.sticky.as_ref()?.lookup(headers).map(|i| &self.up[i])
+    }
+
+    /// The `Set-Cookie` to add to a response from `server`: none without
+    /// sticky sessions or when the request already stuck to that server.
+    pub fn sticky_cookie(
+        &self,
+        target: Option<&Arc<ServerState>>,
+        server: &Arc<ServerState>,
+    ) -> Option<&http::HeaderValue> {
+        let sticky = self.sticky.as_ref()?;
+        if target.is_some_and(|t| Arc::ptr_eq(t, server)) {
+            return None;
+        }
+        sticky.set_cookie_for(&self.name, server)
     }
 }
 
@@ -72,23 +109,22 @@ impl RoutingTable {
             let servers: Vec<Arc<ServerState>> = u
                 .servers
                 .iter()
-                .map(|s| registry.server(&u.name, s.address))
+                .map(|s| {
+                    let initial_up = u.health_check.as_ref().is_none_or(|h| h.initial_up);
+                    registry.server(&u.name, s.address, initial_up)
+                })
                 .collect();
-            let up: Vec<Arc<ServerState>> = servers.iter().filter(|s| s.is_up()).cloned().collect();
-            let weights: Vec<u32> = u
-                .servers
-                .iter()
-                .zip(&servers)
-                .filter(|(_, s)| s.is_up())
-                .map(|(c, _)| c.weight)
-                .collect();
+            let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
+            let up: Vec<Arc<ServerState>> = up_idx.iter().map(|i| servers[*i].clone()).collect();
             let upstream = Arc::new(Upstream {
                 name: Arc::from(u.name.as_str()),
-                balancer: Balancer::build(u.strategy, &weights),
+                balancer: Balancer::build(u, &servers, &up_idx),
+                sticky: u.sticky.as_ref().map(|c| Sticky::new(c, &u.name, &up)),
                 config: u.clone(),
                 servers,
                 up,
                 retries_total: metrics.retries_total.with_label_values(&[&u.name]),
+                retry_budget: registry.retry_budget(&u.name),
             });
             upstreams.insert(u.name.as_str(), upstream.clone());
             ordered.push(upstream);

@@ -2,6 +2,7 @@
 //! auto builder, enforce connection limits, drain gracefully.
 
 pub mod conn;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,7 +15,8 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -131,6 +133,9 @@ async fn accept_loop(
     let rejected_per_client = metrics
         .connections_rejected_total
         .with_label_values(&[&name, "max_connections_per_client"]);
+    let handshake_errors = metrics
+        .tls_handshake_errors_total
+        .with_label_values(&[&name]);
     let limit = Arc::new(Semaphore::new(initial.max_connections));
     let per_client = Arc::new(PerClient::default());
     let graceful = GracefulShutdown::new();
@@ -177,34 +182,35 @@ async fn accept_loop(
             None
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::new(ConnState::default());
+        // The TLS settings (certificates) of the current snapshot: a reload
+        // changes them for new connections only.
+        let tls_config = settings.tls.as_ref().map(|t| t.server.clone());
         let info = Arc::new(ConnInfo {
             listener: name.clone(),
             client_ip,
             client_ip_value: HeaderValue::from_str(&client_ip.to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
-            tls: false,
-            state: state.clone(),
+            tls: tls_config.is_some(),
+            state: Arc::new(ConnState::default()),
+            drain: std::sync::Mutex::new(Some(graceful.watcher())),
         });
-        let io = TokioIo::new(TimedIo::new(
-            stream,
-            state,
-            settings.header_read_timeout,
-            settings.idle_timeout,
-        ));
-        let builder = http_builder(&settings);
+        let watcher = graceful.watcher();
         let shared2 = shared.clone();
-        let svc = service_fn(move |req| {
-            let fut = proxy::handle(shared2.clone(), info.clone(), req);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-        let conn = graceful.watch(conn);
+        let handshake_errors = handshake_errors.clone();
         let active_gauge = active_gauge.clone();
         active_gauge.inc();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "client connection ended with error");
+            match tls_config {
+                None => serve(stream, &settings, shared2, info, watcher).await,
+                // The handshake runs in the connection's task, bounded by
+                // header_read_timeout, so a slow client never stalls accept().
+                Some(cfg) => match tls::accept(cfg, stream, settings.header_read_timeout).await {
+                    Ok(stream) => serve(stream, &settings, shared2, info, watcher).await,
+                    Err(e) => {
+                        handshake_errors.inc();
+                        tracing::debug!(listener = %info.listener, client = %info.client_ip, error = %e, "TLS handshake failed");
+                    }
+                },
             }
             active_gauge.dec();
             drop(slot);
@@ -221,6 +227,35 @@ async fn accept_loop(
     }
 }
 
+/// Serves HTTP/1.1 and HTTP/2 on one accepted (and possibly decrypted)
+/// connection. `TimedIo` wraps the plain-text stream, so its 408 is written
+/// through TLS like any other response.
+async fn serve<S>(
+    stream: S,
+    settings: &ListenerConfig,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(TimedIo::new(
+        stream,
+        info.state.clone(),
+        settings.header_read_timeout,
+        settings.idle_timeout,
+    ));
+    let builder = http_builder(settings);
+    let svc = service_fn(move |req| {
+        let fut = proxy::handle(shared.clone(), info.clone(), req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::trace!(error = %e, "client connection ended with error");
+    }
+}
+
 fn http_builder(s: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -231,9 +266,17 @@ fn http_builder(s: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         .writev(false);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(128)
+        // Flood limits (Rapid Reset CVE-2023-44487, CONTINUATION floods):
+        // bounded streams, header list, pending and locally caused resets.
+        .max_concurrent_streams(100)
         .max_header_list_size(s.max_header_bytes as u32)
         .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        // Bounded per-stream and per-connection buffering.
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_send_buf_size(256 * 1024)
+        .max_frame_size(16 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     b

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +41,7 @@ pub struct Backend {
     pub hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Backend {
@@ -63,13 +64,15 @@ impl Backend {
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (h, s) = (hits.clone(), seen.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let c = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         hits.fetch_add(1, Ordering::SeqCst);
                         seen.lock().unwrap().push(Seen {
@@ -84,6 +87,7 @@ impl Backend {
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                c.lock().unwrap().push(conn.abort_handle());
             }
         });
         Backend {
@@ -91,6 +95,7 @@ impl Backend {
             hits,
             seen,
             task,
+            conns,
         }
     }
 
@@ -112,14 +117,18 @@ impl Backend {
             .expect("backend saw a request")
     }
 
+    /// Stops like a killed process: no more accepts, every open connection closed.
     pub fn stop(&self) {
         self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -158,6 +167,14 @@ impl Fulcrum {
     }
 
     pub fn start_with_args(toml: &str, args: &[&str]) -> Fulcrum {
+        Fulcrum::start_full(toml, args, &[])
+    }
+
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Fulcrum {
+        Fulcrum::start_full(toml, &[], env)
+    }
+
+    pub fn start_full(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Fulcrum {
         let dir = temp_dir();
         let config_path = dir.join("fulcrum.toml");
         std::fs::write(&config_path, toml).unwrap();
@@ -166,6 +183,7 @@ impl Fulcrum {
             .arg(&config_path)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -263,7 +281,7 @@ impl Fulcrum {
                     return l
                 }
                 Ok(_) => continue,
-                Err(_) => panic!("no reload result logged"),
+                Err(_) => panic!("no reload result logged; logs:\n{}", self.logs()),
             }
         }
     }
@@ -271,6 +289,11 @@ impl Fulcrum {
     /// SIGTERM and wait for exit; returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         self.signal("TERM");
+        self.terminate_wait()
+    }
+
+    /// Waits (up to 40 s) for the process to exit; returns the exit code.
+    pub fn terminate_wait(&mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -402,19 +425,21 @@ pub async fn get_host(addr: SocketAddr, path: &str, host: &str) -> Reply {
 }
 
 /// Sends raw bytes and reads until the server closes (or `timeout`).
-pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.write_all(bytes).unwrap();
+pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break,
+    let _ = tokio::time::timeout(timeout, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
         }
-    }
+    })
+    .await;
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -435,4 +460,400 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 pub async fn scrape(f: &Fulcrum) -> String {
     get(f.admin, "/metrics").await.text()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes (a readiness
+/// wait on observable state, not a sleep standing in for synchronisation).
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `state` of server `addr` in upstream `upstream` from /status.json.
+pub async fn server_state(f: &Fulcrum, upstream: &str, addr: SocketAddr) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&get(f.admin, "/status.json").await.body).unwrap();
+    v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == upstream)
+        .and_then(|u| {
+            u["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["address"] == addr.to_string())
+        })
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| "absent".into())
+}
+
+// ---------------------------------------------------------------------------
+// TLS, HTTP/2 and WebSocket helpers (certificates are made at test time).
+
+pub use rustls_pki_types::{CertificateDer, ServerName};
+pub use tokio_rustls::client::TlsStream as ClientTls;
+
+/// A private certificate authority made with rcgen for one test.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A leaf certificate issued by a `TestCa`.
+pub struct Leaf {
+    /// Leaf then CA certificate, PEM.
+    pub chain_pem: String,
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fulcrum test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `names` (DNS names, wildcards allowed).
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            chain_pem: format!("{}{}", cert.pem(), self.pem()),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        roots
+    }
+
+    /// Client settings trusting only this CA.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(self.roots())
+        .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+
+    /// Server settings for a TLS backend with `leaf`, ALPN h2 and http/1.1.
+    pub fn server_config(&self, leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+        let certs = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(c)
+    }
+}
+
+pub use rustls_pki_types::pem::PemObject;
+
+/// Writes a leaf's chain and key as `<name>.pem` / `<name>.key` in `dir`.
+pub fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) {
+    std::fs::write(dir.join(format!("{name}.pem")), &leaf.chain_pem).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
+}
+
+/// Accepts any server certificate: for tests that look at which certificate
+/// was served rather than whether it is trusted.
+#[derive(Debug)]
+pub struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client settings that accept any certificate, with the given versions.
+pub fn insecure_client_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+    .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// TCP connect + TLS handshake with `sni`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<ClientTls<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// The leaf certificate the server presented.
+pub fn peer_cert(s: &ClientTls<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+impl Client {
+    /// An HTTP/1.1 client over an established stream (e.g. TLS).
+    pub async fn over<S>(stream: S) -> Client
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        Client { sender }
+    }
+}
+
+/// An HTTP/2 client connection over an established stream.
+pub async fn h2_client<S>(stream: S) -> hyper::client::conn::http2::SendRequest<BoxBody>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+impl Backend {
+    /// A backend that speaks TLS (ALPN h2 and http/1.1) with `config`.
+    pub async fn start_tls<F, Fut>(config: Arc<rustls::ServerConfig>, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (h, s) = (hits.clone(), seen.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let c = conns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+                let acceptor = acceptor.clone();
+                let conn = tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(Seen {
+                            method: req.method().to_string(),
+                            uri: req.uri().to_string(),
+                            headers: req.headers().clone(),
+                        });
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+                c.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Backend {
+            addr,
+            hits,
+            seen,
+            task,
+            conns,
+        }
+    }
+}
+
+/// A WebSocket echo server (tokio-tungstenite) on an ephemeral port; each
+/// text or binary message comes back prefixed with "echo:".
+pub async fn websocket_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    let reply = match msg {
+                        Message::Text(t) => Message::text(format!("echo:{}", t.as_str())),
+                        Message::Binary(b) => {
+                            let mut v = b"echo:".to_vec();
+                            v.extend_from_slice(&b);
+                            Message::binary(v)
+                        }
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Polls the admin metrics until `name{labels}` satisfies `pred` (or panics
+/// after 5 s): for counters updated just after the event a test observes.
+pub async fn wait_metric(
+    f: &Fulcrum,
+    name: &str,
+    labels: &[(&str, &str)],
+    pred: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(f).await;
+        if let Some(v) = metric(&text, name, labels) {
+            if pred(v) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} never matched; metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A backend that answers `name` after `delay` (a slow server).
+pub async fn slow_backend(name: &'static str, delay: Duration) -> Backend {
+    Backend::start(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(full(name))
+    })
+    .await
+}
+
+/// Sends `per_task` sequential GETs on each of `tasks` concurrent keep-alive
+/// connections; returns every response body.
+pub async fn load(addr: SocketAddr, tasks: usize, per_task: usize) -> Vec<String> {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        handles.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let mut out = Vec::new();
+            for _ in 0..per_task {
+                out.push(c.get("/", "example.test").await.text());
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all
+}
+
+/// One GET with extra request headers, on a new connection.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(path).header("host", "example.test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut c = Client::connect(addr).await;
+    collect(c.send(b.body(full("")).unwrap()).await.unwrap()).await
 }

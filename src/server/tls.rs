@@ -1,0 +1,150 @@
+//! TLS termination: PEM loading, the SNI certificate resolver, the rustls
+//! server settings (ALPN h2 + http/1.1, minimum version) and the handshake.
+//!
+//! The built `rustls::ServerConfig` lives in the listener's settings inside
+//! the routing snapshot, so a reload that re-reads the certificates swaps
+//! them for new connections without touching the socket; established
+//! connections keep the config they were accepted with.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// The crypto provider every TLS context of Fulcrum uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file, in order (leaf first, then chain).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Loads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1)
+/// and checks that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain = load_certs(cert)?;
+    let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM expected): {e}",
+            key.display()
+        )
+    })?;
+    // Certificates must at least parse as X.509 end-entity certificates.
+    webpki::EndEntityCert::try_from(&chain[0])
+        .map_err(|e| format!("{}: invalid certificate: {e}", cert.display()))?;
+    CertifiedKey::from_der(chain, der, &provider()).map_err(|e| {
+        format!(
+            "{} and {} do not form a usable pair: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// Picks the certificate whose SANs match the client's SNI name (exact or
+/// wildcard, as webpki matches them); the first certificate otherwise.
+pub struct SniResolver {
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SniResolver({} certificates)", self.keys.len())
+    }
+}
+
+impl SniResolver {
+    /// `keys` must not be empty; the first is the default.
+    pub fn new(keys: Vec<Arc<CertifiedKey>>) -> SniResolver {
+        assert!(!keys.is_empty(), "a TLS listener needs a certificate");
+        SniResolver { keys }
+    }
+
+    /// The certificate for an SNI name (`None`: no SNI sent).
+    pub fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
+        let default = &self.keys[0];
+        let Some(name) = sni.and_then(|s| ServerName::try_from(s).ok()) else {
+            return default;
+        };
+        if self.keys.len() == 1 {
+            return default;
+        }
+        // A handful of certificates per listener: a linear scan with webpki's
+        // own name matching (parsing is zero-copy) is cheaper than the
+        // handshake's signature by orders of magnitude.
+        self.keys
+            .iter()
+            .find(|k| {
+                k.end_entity_cert()
+                    .ok()
+                    .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
+                    .is_some_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+            })
+            .unwrap_or(default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()).clone())
+    }
+}
+
+/// Minimum TLS protocol version of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinVersion {
+    Tls12,
+    Tls13,
+}
+
+/// Builds a listener's rustls settings from loaded certificates.
+pub fn server_config(keys: Vec<Arc<CertifiedKey>>, min: MinVersion) -> Arc<ServerConfig> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver::new(keys)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
+    Arc::new(config)
+}
+
+/// Runs the server side of a TLS handshake, bounded by `timeout`.
+pub async fn accept(
+    config: Arc<ServerConfig>,
+    stream: TcpStream,
+    timeout: Duration,
+) -> io::Result<TlsStream<TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
+}
