@@ -589,3 +589,82 @@ fn grafana_dashboard_queries_are_valid_promql_on_our_metrics() {
     let (ok, out) = promtool(&["check", "rules", alerts.to_str().unwrap()], b"");
     assert!(ok, "promtool check rules (alerts):\n{out}");
 }
+
+#[tokio::test]
+async fn ready_and_gauges_follow_active_health_down_and_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let b = Backend::start(move |req| {
+        let ok = h.load(Ordering::SeqCst);
+        async move {
+            let mut r = Response::new(full("b"));
+            if req.uri().path() == "/healthz" && !ok {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    let f = Fulcrum::start(&config(&format!(
+        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n[upstream.u.health_check]\npath = \"/healthz\"\n\
+         interval = \"100ms\"\ntimeout = \"500ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\njitter = \"0%\"\n",
+        servers(&[&b])
+    )));
+    let s = b.addr.to_string();
+    let l = [("upstream", "u"), ("server", s.as_str())];
+    let ready = |f: &Fulcrum| {
+        let admin = f.admin;
+        async move { get(admin, "/ready").await }
+    };
+    assert_eq!(ready(&f).await.status, 200);
+    assert_eq!(
+        metric(&scrape(&f).await, "fulcrum_upstream_server_up", &l),
+        Some(1.0)
+    );
+
+    healthy.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(5), "/ready 503", || async {
+        ready(&f).await.status == 503
+    })
+    .await;
+    let r = ready(&f).await;
+    assert_eq!(r.text(), "not ready: no server up in upstream u\n");
+    let m = scrape(&f).await;
+    assert_eq!(metric(&m, "fulcrum_upstream_server_up", &l), Some(0.0));
+    let fails = [
+        ("upstream", "u"),
+        ("server", s.as_str()),
+        ("result", "fail"),
+    ];
+    assert!(n(&m, "fulcrum_health_checks_total", &fails) >= 1.0);
+    let h: serde_json::Value = serde_json::from_str(&get(f.admin, "/health").await.text()).unwrap();
+    assert_eq!(
+        (
+            h["upstreams"]["u"]["up"].as_u64(),
+            h["upstreams"]["u"]["total"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    assert_eq!(server_state(&f, "u", b.addr).await, "down");
+    assert_eq!(get(f.addr("web"), "/").await.status, 503);
+    let st = status_json(&f).await;
+    assert_eq!(st["ready"], false);
+    assert_eq!(st["not_ready_reason"], "no server up in upstream u");
+
+    healthy.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(5), "/ready 200 again", || async {
+        ready(&f).await.status == 200
+    })
+    .await;
+    let m = scrape(&f).await;
+    assert_eq!(metric(&m, "fulcrum_upstream_server_up", &l), Some(1.0));
+    let passes = [
+        ("upstream", "u"),
+        ("server", s.as_str()),
+        ("result", "pass"),
+    ];
+    assert!(n(&m, "fulcrum_health_checks_total", &passes) >= 1.0);
+    assert_eq!(server_state(&f, "u", b.addr).await, "up");
+    assert_eq!(get(f.addr("web"), "/").await.text(), "b");
+}

@@ -82,13 +82,31 @@ async fn status_page_renders_every_upstream_and_server_state() {
         }
     })
     .await;
+    let good = Backend::named("good").await;
+    let bad = Backend::start(|_req| async {
+        let mut r = Response::new(full("boom"));
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+    .await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let conf = |api: &[&Backend]| {
         config(&format!(
             "[[route]]\nhost = \"api.example.com\"\npath_prefix = \"/v1\"\nupstream = \"api\"\n\
+             [[route]]\nhost = \"flaky.test\"\nupstream = \"flaky\"\n\
+             [[route]]\nhost = \"db.test\"\nupstream = \"db\"\n\
              [[route]]\nupstream = \"static\"\n\
-             [upstream.api]\nstrategy = \"weighted\"\n{}\n[upstream.static]\n{}\n",
+             [upstream.api]\nstrategy = \"weighted\"\n{}\n[upstream.static]\n{}\n\
+             [upstream.flaky]\n{}\n[upstream.flaky.passive_health]\nconsecutive_failures = 1\n\
+             ejection_time = \"5m\"\nmax_ejection_percent = 50\n\
+             [upstream.db]\nservers = [{{ address = \"{dead}\" }}]\n\
+             [upstream.db.health_check]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\n",
             servers(api),
-            servers(&[&c])
+            servers(&[&c]),
+            servers(&[&good, &bad]),
         ))
     };
     let f = Fulcrum::start(&conf(&[&a, &b]));
@@ -106,6 +124,15 @@ async fn status_page_renders_every_upstream_and_server_state() {
         client.get("/v1/z", "api.example.com").await;
     }
     client.get("/nothing", "api.example.com").await;
+    // One 500 ejects `bad`; the dead `db` server fails its checks.
+    for _ in 0..4 {
+        client.get("/", "flaky.test").await;
+    }
+    eventually(Duration::from_secs(5), "bad ejected, db down", || async {
+        server_state(&f, "flaky", bad.addr).await == "ejected"
+            && server_state(&f, "db", dead).await == "down"
+    })
+    .await;
 
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
@@ -132,7 +159,7 @@ async fn status_page_renders_every_upstream_and_server_state() {
             &bin2,
             &profile2,
             &[
-                "--window-size=1280,860".into(),
+                "--window-size=1280,1320".into(),
                 format!("--screenshot={}", shot2.display()),
                 url2,
             ],
@@ -145,12 +172,15 @@ async fn status_page_renders_every_upstream_and_server_state() {
     let row = |up: &str, addr: &str, state: &str| {
         format!("data-upstream=\"{up}\" data-server=\"{addr}\" data-state=\"{state}\"")
     };
-    for (up, srv, state) in [
-        ("api", &a, "up"),
-        ("api", &b, "draining"),
-        ("static", &c, "up"),
+    for (up, addr, state) in [
+        ("api", a.addr, "up"),
+        ("api", b.addr, "draining"),
+        ("static", c.addr, "up"),
+        ("flaky", good.addr, "up"),
+        ("flaky", bad.addr, "ejected"),
+        ("db", dead, "down"),
     ] {
-        let want = row(up, &srv.addr.to_string(), state);
+        let want = row(up, &addr.to_string(), state);
         assert!(
             dom.contains(&want),
             "{want} not in the rendered page:\n{dom}"
@@ -159,10 +189,13 @@ async fn status_page_renders_every_upstream_and_server_state() {
     for want in [
         "data-upstream=\"api\"><h2>",
         "data-upstream=\"static\"><h2>",
+        "data-upstream=\"flaky\"><h2>",
+        "data-upstream=\"db\"><h2>",
+        "id=\"ready\">not ready<",
+        "Not ready: no server up in upstream db",
         "data-listener=\"web\"",
         "api.example.com",
         "id=\"generation\">2<",
-        "id=\"ready\">ready<",
     ] {
         assert!(
             dom.contains(want),
