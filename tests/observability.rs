@@ -668,3 +668,69 @@ async fn ready_and_gauges_follow_active_health_down_and_back() {
     assert_eq!(server_state(&f, "u", b.addr).await, "up");
     assert_eq!(get(f.addr("web"), "/").await.text(), "b");
 }
+
+/// A stderr nobody reads (a stalled log shipper, a full pipe) must not stall
+/// requests: the access log goes through the non-blocking writer. 3,000
+/// access lines are far more than a 64 KiB pipe holds, so a blocking writer
+/// would hang after a few hundred requests.
+#[tokio::test]
+async fn a_stalled_stderr_does_not_block_requests() {
+    use std::io::BufRead;
+    let a = Backend::named("a").await;
+    let dir = temp_dir();
+    let path = dir.join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        config(&format!(
+            "[global]\naccess_log = true\n[[route]]\nupstream = \"a\"\n[upstream.a]\n{}\n",
+            servers(&[&a])
+        )),
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read up to "fulcrum ready" (for the port), then never read again.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut web = None;
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.contains("listener=web") {
+            let addr = line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            web = Some(addr.parse::<std::net::SocketAddr>().unwrap());
+        }
+        if line.contains("fulcrum ready") {
+            break;
+        }
+        line.clear();
+    }
+    let web = web.expect("listener address logged");
+    let run = async {
+        let mut c = Client::connect(web).await;
+        for _ in 0..3000 {
+            assert_eq!(
+                c.get("/a/fairly/long/path/for/a/longer/log/line", "x")
+                    .await
+                    .status,
+                200
+            );
+        }
+    };
+    let done = tokio::time::timeout(Duration::from_secs(30), run).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+    assert!(done.is_ok(), "requests stalled behind a full stderr pipe");
+    assert_eq!(a.hits(), 3000);
+}
