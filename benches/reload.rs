@@ -58,6 +58,9 @@ fn reload(c: &mut Criterion) {
     g.bench_function("100x100: parse+validate only", |b| {
         b.iter(|| Config::from_toml(Path::new("big.toml"), &text).expect("valid"))
     });
+    g.bench_function("100x100: TOML syntax only (toml::Table)", |b| {
+        b.iter(|| text.parse::<toml::Table>().expect("valid"))
+    });
     g.finish();
 }
 

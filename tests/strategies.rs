@@ -179,3 +179,91 @@ async fn sticky_cookie_pins_repins_and_agrees_across_instances() {
     assert_eq!(r.text(), if name == "a" { "b" } else { "a" });
     assert_eq!(cookie_of(&r), Some(id(other.addr)));
 }
+
+#[tokio::test]
+async fn sticky_server_marked_down_by_health_checks_repins() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let a = Backend::start(move |req| {
+        let h = h.clone();
+        async move {
+            let mut r = http::Response::new(full("a"));
+            if req.uri().path() == "/healthz" && !h.load(Ordering::SeqCst) {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    let b = Backend::named("b").await;
+    let f = Fulcrum::start(&config(&format!(
+        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n[upstream.u.sticky]\ncookie = \"sid\"\nmax_age = \"1h\"\n\
+         [upstream.u.health_check]\ninterval = \"100ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\njitter = \"0%\"\n",
+        servers(&[&a, &b])
+    )));
+    let token = server_id_hex("u", a.addr);
+    let cookie = format!("sid={token}");
+    let r = get_with(f.addr("web"), "/", &[("cookie", &cookie)]).await;
+    assert_eq!((r.text().as_str(), r.header("set-cookie")), ("a", None));
+    healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        std::time::Duration::from_secs(5),
+        "a marked down",
+        || async { server_state(&f, "u", a.addr).await == "down" },
+    )
+    .await;
+    let r = get_with(f.addr("web"), "/", &[("cookie", &cookie)]).await;
+    assert_eq!(r.text(), "b", "a down server's clients move");
+    assert_eq!(
+        cookie_of(&r),
+        Some(server_id_hex("u", b.addr)),
+        "and are re-pinned"
+    );
+}
+
+#[tokio::test]
+async fn slow_start_ramps_a_server_that_comes_back_up() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let a = Backend::start(move |req| {
+        let h = h.clone();
+        async move {
+            let mut r = http::Response::new(full("a"));
+            if req.uri().path() == "/healthz" && !h.load(Ordering::SeqCst) {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    let b = Backend::named("b").await;
+    let f = Fulcrum::start(&config(&format!(
+        "[[route]]\nupstream = \"u\"\n[upstream.u]\nstrategy = \"round-robin\"\nslow_start = \"20s\"\n{}\n\
+         [upstream.u.health_check]\ninterval = \"100ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\njitter = \"0%\"\n",
+        servers(&[&a, &b])
+    )));
+    // present at start: full weight, an even split
+    let even = load(f.addr("web"), 1, 40).await;
+    assert_eq!(even.iter().filter(|x| *x == "a").count(), 20);
+    healthy.store(false, Ordering::SeqCst);
+    eventually(std::time::Duration::from_secs(5), "a down", || async {
+        server_state(&f, "u", a.addr).await == "down"
+    })
+    .await;
+    healthy.store(true, Ordering::SeqCst);
+    eventually(std::time::Duration::from_secs(5), "a up again", || async {
+        server_state(&f, "u", a.addr).await == "up"
+    })
+    .await;
+    // just back: ~10% of its weight, far below its even share
+    let ramping = load(f.addr("web"), 1, 200).await;
+    let to_a = ramping.iter().filter(|x| *x == "a").count();
+    assert!(
+        (1..=60).contains(&to_a),
+        "a got {to_a} of 200 right after coming back (even share: 100)"
+    );
+}

@@ -183,15 +183,19 @@ impl Drop for ServerState {
             return;
         };
         let mut inner = reg.lock();
-        let key = (self.upstream.clone(), self.addr);
+        let Some(of_upstream) = inner.servers.get_mut(&*self.upstream) else {
+            return;
+        };
         // A reload may already have created a successor for the same key; its
         // series are the same series, so only remove them if nobody took over.
-        if inner
-            .servers
-            .get(&key)
+        if of_upstream
+            .get(&self.addr)
             .is_some_and(|w| w.strong_count() == 0)
         {
-            inner.servers.remove(&key);
+            of_upstream.remove(&self.addr);
+            if of_upstream.is_empty() {
+                inner.servers.remove(&*self.upstream);
+            }
             self.metrics.remove_series();
         }
     }
@@ -250,7 +254,8 @@ impl Drop for RouteStats {
 
 #[derive(Default)]
 struct Inner {
-    servers: HashMap<(Arc<str>, SocketAddr), Weak<ServerState>>,
+    /// upstream → address → state (nested so lookups borrow the name).
+    servers: HashMap<Arc<str>, HashMap<SocketAddr, Weak<ServerState>>>,
     routes: HashMap<(String, String), Weak<RouteStats>>,
     budgets: HashMap<String, Weak<RetryBudget>>,
     groups: HashMap<Arc<str>, Weak<AtomicUsize>>,
@@ -288,22 +293,30 @@ impl Registry {
         initial_up: bool,
     ) -> Arc<ServerState> {
         let mut inner = self.lock();
-        let key: (Arc<str>, SocketAddr) = (Arc::from(upstream), addr);
-        if let Some(s) = inner.servers.get(&key).and_then(Weak::upgrade) {
+        if let Some(s) = inner
+            .servers
+            .get(upstream)
+            .and_then(|m| m.get(&addr))
+            .and_then(Weak::upgrade)
+        {
             return s;
         }
+        let name: Arc<str> = match inner.servers.get_key_value(upstream) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(upstream),
+        };
         let label = addr.to_string();
-        inner.groups.retain(|_, w| w.strong_count() > 0);
-        let group_in_flight = match inner.groups.get(&key.0).and_then(Weak::upgrade) {
+        let group_in_flight = match inner.groups.get(upstream).and_then(Weak::upgrade) {
             Some(g) => g,
             None => {
+                inner.groups.retain(|_, w| w.strong_count() > 0);
                 let g = Arc::new(AtomicUsize::new(0));
-                inner.groups.insert(key.0.clone(), Arc::downgrade(&g));
+                inner.groups.insert(name.clone(), Arc::downgrade(&g));
                 g
             }
         };
         let state = Arc::new(ServerState {
-            upstream: key.0.clone(),
+            upstream: name.clone(),
             addr,
             metrics: ServerMetrics::new(&self.metrics, upstream, &label),
             label,
@@ -320,7 +333,11 @@ impl Registry {
             registry: Arc::downgrade(self),
         });
         state.metrics.up.set(initial_up as i64);
-        inner.servers.insert(key, Arc::downgrade(&state));
+        inner
+            .servers
+            .entry(name)
+            .or_default()
+            .insert(addr, Arc::downgrade(&state));
         state
     }
 
@@ -329,7 +346,12 @@ impl Registry {
     /// endpoints; never on the request path.
     pub fn live_servers(&self) -> Vec<Arc<ServerState>> {
         let inner = self.lock();
-        inner.servers.values().filter_map(Weak::upgrade).collect()
+        inner
+            .servers
+            .values()
+            .flat_map(|by_addr| by_addr.values())
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// The metrics for a (listener, upstream) pair; `upstream` is "" for

@@ -1,6 +1,6 @@
 //! Raw → typed validation. Collects every error instead of stopping at the first.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::Path;
@@ -582,22 +582,28 @@ fn validate_upstream(
             "at least one server is required",
         );
     }
+    // Key paths are formatted only when there is an error to report: large
+    // configs have thousands of servers and reloads must stay cheap.
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::with_capacity(u.servers.get_ref().len());
     for (i, s) in u.servers.get_ref().iter().enumerate() {
         let sk = |key: &str| format!("upstream.{name}.servers[{i}].{key}");
         let s = s.get_ref();
-        let weight = ctx.int(&s.weight, &sk("weight"), 1..1001, 1) as u32;
-        for address in resolve_server(ctx, &s.address, &sk("address")) {
-            if let Some(dup) = servers.iter().find(|o| o.address == address) {
+        let weight = match &s.weight {
+            Some(w) if (1..=1000).contains(w.get_ref()) => *w.get_ref() as u32,
+            None => 1,
+            Some(_) => ctx.int(&s.weight, &sk("weight"), 1..1001, 1) as u32,
+        };
+        for address in resolve_server(ctx, &s.address, &|| sk("address")) {
+            if let Some(dup) = seen.get(&address) {
+                let also = servers[*dup].configured_as.clone();
                 ctx.error(
                     s.address.span(),
                     sk("address"),
-                    format!(
-                        "{address} is listed twice (also as \"{}\")",
-                        dup.configured_as
-                    ),
+                    format!("{address} is listed twice (also as \"{also}\")"),
                 );
                 continue;
             }
+            seen.insert(address, servers.len());
             servers.push(ServerConfig {
                 address,
                 weight,
@@ -906,31 +912,35 @@ fn validate_sticky(ctx: &mut Ctx<'_>, upstream: &str, s: &RawSticky) -> StickyCo
 }
 
 /// A literal `ip:port` is one server; `name:port` is every address it resolves to.
-fn resolve_server(ctx: &mut Ctx<'_>, s: &S, key: &str) -> Vec<SocketAddr> {
+fn resolve_server(ctx: &mut Ctx<'_>, s: &S, key: &dyn Fn() -> String) -> Vec<SocketAddr> {
     let v = s.get_ref().trim();
     if let Ok(a) = v.parse::<SocketAddr>() {
         if a.port() == 0 {
-            ctx.error(s.span(), key, format!("\"{v}\" needs a non-zero port"));
+            ctx.error(s.span(), key(), format!("\"{v}\" needs a non-zero port"));
         }
         return vec![a];
     }
     let Some((host, port)) = v.rsplit_once(':') else {
-        ctx.error(s.span(), key, format!("\"{v}\" is not a host:port address"));
+        ctx.error(
+            s.span(),
+            key(),
+            format!("\"{v}\" is not a host:port address"),
+        );
         return Vec::new();
     };
     let Ok(port) = port.parse::<u16>() else {
-        ctx.error(s.span(), key, format!("\"{v}\" has an invalid port"));
+        ctx.error(s.span(), key(), format!("\"{v}\" has an invalid port"));
         return Vec::new();
     };
     match super::resolve::resolve(host, port) {
         Ok(addrs) => {
             if addrs.is_empty() {
-                ctx.error(s.span(), key, format!("\"{v}\" resolves to no address"));
+                ctx.error(s.span(), key(), format!("\"{v}\" resolves to no address"));
             }
             addrs
         }
         Err(e) => {
-            ctx.error(s.span(), key, format!("cannot resolve \"{v}\": {e}"));
+            ctx.error(s.span(), key(), format!("cannot resolve \"{v}\": {e}"));
             Vec::new()
         }
     }
