@@ -172,11 +172,9 @@ fn sync_gauges(state: &AppState) {
 }
 
 fn sync_server_gauges(registry: &Registry, table: &RoutingTable) {
+    let current = status::in_table(table);
     for s in registry.live_servers() {
-        let in_table = table
-            .upstreams
-            .iter()
-            .any(|u| u.servers.iter().any(|t| Arc::ptr_eq(t, &s)));
+        let in_table = current.contains(&Arc::as_ptr(&s));
         s.metrics.in_flight.set(s.in_flight() as i64);
         s.metrics.up.set((in_table && s.is_up()) as i64);
     }

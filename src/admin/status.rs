@@ -3,11 +3,12 @@
 //!
 //! Rates (requests/s, error ratio, latency quantiles) are differences of the
 //! same counters /metrics exports, between now and a sample taken up to
-//! `WINDOW` ago by a once-a-second background task. Nothing here runs on
-//! the request path; the sampler holds no server state (only numbers keyed
+//! `WINDOW` ago by a once-a-second background task that runs while someone
+//! looks at the status (for 5 minutes after the last view). Nothing here
+//! runs on the request path; the sampler holds no server state (only numbers keyed
 //! by upstream and address), so a removed server still goes away.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -65,30 +66,60 @@ struct Sample {
     listeners: HashMap<String, u64>,
 }
 
-/// Keeps the last `WINDOW` of counter samples.
-#[derive(Default)]
+/// Sampling stops when nobody has looked at the status for this long.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Keeps the last `WINDOW` of counter samples, while someone is looking.
 pub struct Sampler {
     samples: Mutex<VecDeque<Arc<Sample>>>,
+    /// When /status or /status.json was last served.
+    viewed: Mutex<Option<Instant>>,
 }
 
 impl Sampler {
-    /// Samples once a second for as long as the process runs.
+    /// Samples once a second while the status is being viewed (costs about
+    /// 1 µs per server per second; nothing when nobody looks).
     pub fn spawn(state: Arc<AppState>) -> Arc<Sampler> {
-        let sampler = Arc::new(Sampler::default());
+        let sampler = Arc::new(Sampler {
+            samples: Mutex::default(),
+            viewed: Mutex::new(Some(Instant::now())),
+        });
         let s = sampler.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                s.record(take_sample(&state));
+                if s.watched() {
+                    s.record(take_sample(&state));
+                } else {
+                    // A stale baseline would average over the idle time.
+                    s.lock().clear();
+                }
             }
         });
         sampler
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Sample>>> {
+        self.samples.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watched(&self) -> bool {
+        let viewed = self.viewed.lock().unwrap_or_else(|p| p.into_inner());
+        viewed.is_some_and(|v| v.elapsed() < IDLE)
+    }
+
+    /// Notes a view; after an idle spell the first view starts the window.
+    fn viewed(&self, state: &AppState) {
+        *self.viewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        if self.lock().is_empty() {
+            self.record(take_sample(state));
+        }
+    }
+
     fn record(&self, sample: Sample) {
-        let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.lock();
         let now = sample.at;
         q.push_back(Arc::new(sample));
         // Keep one sample at least WINDOW old, so the window is full.
@@ -99,8 +130,7 @@ impl Sampler {
 
     /// The oldest sample in the window.
     fn baseline(&self) -> Option<Arc<Sample>> {
-        let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        q.front().cloned()
+        self.lock().front().cloned()
     }
 }
 
@@ -227,6 +257,16 @@ pub fn server_state(s: &ServerState, in_table: bool) -> &'static str {
     }
 }
 
+/// The servers of the current snapshot, by identity (one pass, so checking
+/// every live server against it stays linear at 10,000 servers).
+pub fn in_table(table: &RoutingTable) -> HashSet<*const ServerState> {
+    table
+        .upstreams
+        .iter()
+        .flat_map(|u| u.servers.iter().map(Arc::as_ptr))
+        .collect()
+}
+
 /// Interpolated quantile from cumulative buckets, as PromQL's
 /// `histogram_quantile` does.
 fn quantile(q: f64, buckets: &[(f64, u64)], total: u64) -> Option<f64> {
@@ -315,6 +355,7 @@ pub fn build(
     started: Instant,
     readiness: Result<(), String>,
 ) -> Status {
+    sampler.viewed(state);
     let table = state.shared.table.load_full();
     let m = &state.shared.registry.metrics;
     let base = sampler.baseline();
@@ -370,17 +411,13 @@ pub fn build(
         .collect();
 
     // Servers still alive that the snapshot no longer has are draining.
+    let current = in_table(&table);
     let mut draining: Vec<Arc<ServerState>> = state
         .shared
         .registry
         .live_servers()
         .into_iter()
-        .filter(|s| {
-            !table
-                .upstreams
-                .iter()
-                .any(|u| u.servers.iter().any(|t| Arc::ptr_eq(t, s)))
-        })
+        .filter(|s| !current.contains(&Arc::as_ptr(s)))
         .collect();
     draining.sort_by(|a, b| (&a.upstream, a.addr).cmp(&(&b.upstream, b.addr)));
 
