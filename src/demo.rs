@@ -60,6 +60,11 @@ strategy = "round-robin"
 servers = [{servers}]
 connect_timeout = "1s"
 response_timeout = "10s"
+
+[upstream.demo.health_check]
+path = "/healthz"
+interval = "2s"
+timeout = "1s"
 "#,
         admin = port.wrapping_add(1),
         servers = servers.join(", ")

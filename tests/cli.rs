@@ -173,3 +173,52 @@ fn version_is_the_crate_version() {
         format!("fulcrum {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn demo_serves_round_robin_with_health_checks() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // demo takes a fixed port (admin on port + 1): use one the OS just
+    // handed out; its neighbour is almost always free on a test machine
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(bin())
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        printed += &line;
+        if line.contains("stop with Ctrl-C") {
+            break;
+        }
+    }
+    let fetch = |port: u16, path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    let bodies: Vec<String> = (0..3).map(|_| fetch(port, "/hello")).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        printed.contains(&format!("curl -s http://127.0.0.1:{port}/hello")),
+        "{printed}"
+    );
+    for (i, name) in ["backend-1", "backend-2", "backend-3"].iter().enumerate() {
+        assert!(bodies.iter().any(|b| b.contains(name)), "{i}: {bodies:?}");
+    }
+}

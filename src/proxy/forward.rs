@@ -38,7 +38,10 @@ pub async fn send(
     replay: Option<&(dyn Fn() -> Request<ReqBody> + Sync)>,
 ) -> Result<(Response<Incoming>, Option<Upstream1>), Failed> {
     if cfg.protocol.is_h2() {
-        return send_h2(server, cfg, req).await.map(|r| (r, None));
+        // Boxed, like every rarely taken path here: the request future lives
+        // in a slot hyper keeps per client connection, so what sits inline
+        // is paid by every idle connection.
+        return Box::pin(send_h2(server, cfg, req)).await.map(|r| (r, None));
     }
     send_h1(server, cfg, req, replay)
         .await
@@ -75,7 +78,7 @@ async fn send_h1(
             Err(f) => return Err(f),
         }
     }
-    let mut conn = match connect_h1(server, cfg).await {
+    let mut conn = match Box::pin(connect_h1(server, cfg)).await {
         Ok(c) => c,
         Err(error) => {
             return Err(Failed {
@@ -130,7 +133,7 @@ async fn send_h2(
             Err(f) => return Err(f),
         }
     }
-    let mut sender = match connect_h2(server, cfg).await {
+    let mut sender = match Box::pin(connect_h2(server, cfg)).await {
         Ok(s) => s,
         Err(error) => {
             return Err(Failed {
