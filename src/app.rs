@@ -40,10 +40,20 @@ impl AppError {
     }
 }
 
+/// The result of the last reload attempt, for the status page.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at_unix: f64,
+    pub generation: u64,
+    /// `None` when it succeeded.
+    pub error: Option<String>,
+}
+
 /// State shared by the admin endpoints, reloads and shutdown.
 pub struct AppState {
     pub shared: Arc<Shared>,
     pub started: AtomicBool,
+    pub last_reload: std::sync::Mutex<Option<ReloadOutcome>>,
     pub config_path: PathBuf,
     generation: AtomicU64,
     listeners: tokio::sync::Mutex<Vec<RunningListener>>,
@@ -57,6 +67,15 @@ pub struct AppState {
 impl AppState {
     fn current(&self) -> Arc<Config> {
         self.shared.table.load().config.clone()
+    }
+
+    /// Bound address of each running listener, by name (for the status
+    /// page; empty while a reload holds the list).
+    pub fn bound_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .try_lock()
+            .map(|l| l.iter().map(|r| (r.name.clone(), r.local)).collect())
+            .unwrap_or_default()
     }
 
     /// Builds and swaps in a snapshot; call with `swap` held.
@@ -113,6 +132,7 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
     let state = Arc::new(AppState {
         shared: shared.clone(),
         started: AtomicBool::new(false),
+        last_reload: std::sync::Mutex::new(None),
         config_path: config.path.clone(),
         generation: AtomicU64::new(1),
         listeners: tokio::sync::Mutex::new(Vec::new()),
@@ -205,11 +225,17 @@ impl Signals {
                 // Signals that arrive during a reload are coalesced by the
                 // stream into one more reload.
                 _ = self.hup.recv() => reload(state).await,
-                _ = self.term.recv() => { tracing::info!("SIGTERM: draining"); return }
-                _ = self.int.recv() => { tracing::info!("SIGINT: draining"); return }
+                // /ready turns 503 before anything says we are draining.
+                _ = self.term.recv() => { stop_ready(state); tracing::info!("SIGTERM: draining"); return }
+                _ = self.int.recv() => { stop_ready(state); tracing::info!("SIGINT: draining"); return }
             }
         }
     }
+}
+
+#[cfg(unix)]
+fn stop_ready(state: &AppState) {
+    state.shared.shutting_down.store(true, Ordering::Relaxed);
 }
 
 #[cfg(not(unix))]
@@ -229,7 +255,15 @@ impl Signals {
 /// Reloads the config file; on any failure the running config is untouched.
 pub async fn reload(state: &Arc<AppState>) {
     let m = state.shared.registry.metrics.clone();
-    match try_reload(state).await {
+    let result = try_reload(state).await;
+    if let Ok(mut last) = state.last_reload.lock() {
+        *last = Some(ReloadOutcome {
+            at_unix: unix_now(),
+            generation: state.generation.load(Ordering::Relaxed),
+            error: result.as_ref().err().cloned(),
+        });
+    }
+    match result {
         Ok(generation) => {
             m.config_reloads_total.with_label_values(&["success"]).inc();
             m.config_last_reload_successful.set(1);
@@ -410,7 +444,7 @@ async fn evict_idle_connections(shared: Arc<Shared>) {
     }
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

@@ -100,6 +100,7 @@ pub async fn run(port: u16) -> Result<(), String> {
         println!("  curl -s http://{admin}/ready");
         println!("  curl -s http://{admin}/metrics | grep fulcrum_requests_total");
         println!("  curl -s http://{admin}/status.json");
+        println!("  open http://{admin}/status in a browser: the live status page");
         println!("stop with Ctrl-C");
     })
     .await

@@ -5,6 +5,7 @@
 //! per-server state lives in [`backend::Registry`], outside the snapshot.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod backend;

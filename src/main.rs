@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, watch, log } => {
-            fulcrum::logging::init(log.log_format, &log.log_level);
+            let _log_guard = fulcrum::logging::init(log.log_format, &log.log_level);
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { port, log } => {
-            fulcrum::logging::init(log.log_format, &log.log_level);
+            let _log_guard = fulcrum::logging::init(log.log_format, &log.log_level);
             let rt = match runtime(0) {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -4,8 +4,11 @@
 //! Label lookups (hashing, string formatting) happen when a routing snapshot
 //! is built, never per request: the snapshot keeps the resolved handles.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -207,6 +210,10 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m.config_last_reload_successful.set(1);
+        // Both results exist from the start, so increase() works on the first reload.
+        for result in ["success", "failure"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
         m
     }
 
@@ -224,69 +231,146 @@ impl Default for Metrics {
     }
 }
 
-/// Status codes common enough to keep a resolved counter each; any other code
-/// takes the labelled lookup (hash + format) every time, which is fine for rare codes.
+/// Status codes common enough to keep a resolved counter each.
 const COMMON_CODES: [u16; 20] = [
     200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 408, 429, 500, 502, 503,
     504,
 ];
 
+/// Slots for other codes, claimed on first sight (lock-free after that).
+const RARE_SLOTS: usize = 8;
+
 /// Counters for one label prefix (e.g. listener + upstream), one per status
 /// code, resolved on first use and lock-free after that.
+///
+/// The 20 common codes and the first 8 other codes seen get a resolved
+/// handle each (one atomic load to find it). Codes beyond those take the
+/// labelled lookup (hash + format) every time; they are counted in
+/// `overflow*` too so `totals()` stays exact.
 pub struct CodeCounters {
     vec: IntCounterVec,
-    prefix: Vec<String>,
+    prefix: Box<[(String, String)]>,
     slots: [OnceLock<IntCounter>; COMMON_CODES.len()],
-    /// Rare codes seen, so `remove` can find their series; touched only on the rare path.
-    rare: std::sync::Mutex<Vec<u16>>,
+    rare: [OnceLock<(u16, IntCounter)>; RARE_SLOTS],
+    overflow: AtomicU64,
+    overflow_5xx: AtomicU64,
+}
+
+/// Request totals read back from a `CodeCounters` (for the status page).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CodeTotals {
+    pub all: u64,
+    /// Responses with a 5xx status.
+    pub server_errors: u64,
 }
 
 impl CodeCounters {
-    pub fn new(vec: &IntCounterVec, prefix: &[&str]) -> CodeCounters {
+    /// `prefix` is the label names and values before `code`, in order.
+    pub fn new(vec: &IntCounterVec, prefix: &[(&str, &str)]) -> CodeCounters {
         CodeCounters {
             vec: vec.clone(),
-            prefix: prefix.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             slots: Default::default(),
             rare: Default::default(),
+            overflow: AtomicU64::new(0),
+            overflow_5xx: AtomicU64::new(0),
         }
     }
 
     #[inline]
     pub fn inc(&self, code: u16) {
-        match COMMON_CODES.iter().position(|c| *c == code) {
-            Some(i) => self.slots[i].get_or_init(|| self.resolve(code)).inc(),
-            None => {
-                if let Ok(mut rare) = self.rare.lock() {
-                    if !rare.contains(&code) {
-                        rare.push(code);
-                    }
-                }
-                self.resolve(code).inc()
+        if let Some(i) = COMMON_CODES.iter().position(|c| *c == code) {
+            self.slots[i].get_or_init(|| self.resolve(code)).inc();
+            return;
+        }
+        // Every thread scans the slots in the same order and a slot never
+        // changes once set, so a code lands in exactly one slot.
+        for slot in &self.rare {
+            let (c, counter) = slot.get_or_init(|| (code, self.resolve(code)));
+            if *c == code {
+                counter.inc();
+                return;
             }
         }
+        self.overflow.fetch_add(1, Ordering::Relaxed);
+        if code >= 500 {
+            self.overflow_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        self.resolve(code).inc()
     }
 
     fn resolve(&self, code: u16) -> IntCounter {
         let code = code.to_string();
-        let mut labels: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        let mut labels: Vec<&str> = self.prefix.iter().map(|(_, v)| v.as_str()).collect();
         labels.push(&code);
         self.vec.with_label_values(&labels)
     }
 
-    /// Removes every series this owns from the family.
-    pub fn remove(&self) {
-        let rare = self.rare.lock().map(|r| r.clone()).unwrap_or_default();
-        let seen = COMMON_CODES
+    /// Sums of every code counted so far (no label lookups).
+    pub fn totals(&self) -> CodeTotals {
+        let mut t = CodeTotals {
+            all: self.overflow.load(Ordering::Relaxed),
+            server_errors: self.overflow_5xx.load(Ordering::Relaxed),
+        };
+        let common = COMMON_CODES
             .iter()
-            .zip(self.slots.iter())
+            .zip(&self.slots)
+            .filter_map(|(c, s)| Some((*c, s.get()?)));
+        let rare = self
+            .rare
+            .iter()
+            .filter_map(|s| s.get().map(|(c, h)| (*c, h)));
+        for (code, h) in common.chain(rare) {
+            let n = h.get();
+            t.all += n;
+            if code >= 500 {
+                t.server_errors += n;
+            }
+        }
+        t
+    }
+
+    /// Removes every series with this prefix from the family: the codes in
+    /// the slots directly; only if codes overflowed the slots, by scanning
+    /// the family (rare, and slower with many series).
+    pub fn remove(&self) {
+        let common = COMMON_CODES
+            .iter()
+            .zip(&self.slots)
             .filter(|(_, s)| s.get().is_some())
-            .map(|(c, _)| *c)
-            .chain(rare);
-        for code in seen {
+            .map(|(c, _)| *c);
+        let rare = self.rare.iter().filter_map(|s| s.get().map(|(c, _)| *c));
+        for code in common.chain(rare) {
             let code = code.to_string();
-            let mut labels: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+            let mut labels: Vec<&str> = self.prefix.iter().map(|(_, v)| v.as_str()).collect();
             labels.push(&code);
             let _ = self.vec.remove_label_values(&labels);
+        }
+        if self.overflow.load(Ordering::Relaxed) > 0 {
+            let prefix: Vec<(&str, &str)> = self
+                .prefix
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            remove_matching(&self.vec, &prefix);
+        }
+    }
+}
+
+/// Removes every series of `vec` whose labels include all of `labels`.
+pub fn remove_matching<T: MetricVecBuilder>(vec: &MetricVec<T>, labels: &[(&str, &str)]) {
+    let families = vec.collect();
+    for m in families.iter().flat_map(|f| f.get_metric()) {
+        let pairs = m.get_label();
+        let matches = labels
+            .iter()
+            .all(|(k, v)| pairs.iter().any(|p| p.name() == *k && p.value() == *v));
+        if matches {
+            let all: HashMap<&str, &str> = pairs.iter().map(|p| (p.name(), p.value())).collect();
+            let _ = vec.remove(&all);
         }
     }
 }
@@ -295,6 +379,8 @@ impl CodeCounters {
 pub struct RouteMetrics {
     pub requests: CodeCounters,
     pub duration: Histogram,
+    /// `fulcrum_rate_limited_total` for this pair.
+    pub rate_limited: IntCounter,
 }
 
 impl RouteMetrics {
@@ -304,12 +390,21 @@ impl RouteMetrics {
         let _ = m
             .request_duration
             .remove_label_values(&[listener, upstream]);
+        let _ = m
+            .rate_limited_total
+            .remove_label_values(&[listener, upstream]);
     }
 
     pub fn new(m: &Metrics, listener: &str, upstream: &str) -> RouteMetrics {
         RouteMetrics {
-            requests: CodeCounters::new(&m.requests_total, &[listener, upstream]),
+            requests: CodeCounters::new(
+                &m.requests_total,
+                &[("listener", listener), ("upstream", upstream)],
+            ),
             duration: m.request_duration.with_label_values(&[listener, upstream]),
+            rate_limited: m
+                .rate_limited_total
+                .with_label_values(&[listener, upstream]),
         }
     }
 }
@@ -382,7 +477,10 @@ impl ServerMetrics {
                 ejections: m.upstream_ejections_total.clone(),
                 checks: m.health_checks_total.clone(),
             },
-            responses: CodeCounters::new(&m.upstream_requests_total, &l),
+            responses: CodeCounters::new(
+                &m.upstream_requests_total,
+                &[("upstream", upstream), ("server", server)],
+            ),
             errors: ErrorKind::ALL.map(|k| {
                 m.upstream_errors_total
                     .with_label_values(&[upstream, server, k.as_str()])
@@ -403,6 +501,11 @@ impl ServerMetrics {
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].inc();
     }
+
+    /// Failed attempts of every kind so far.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().map(IntCounter::get).sum()
+    }
 }
 
 impl ServerMetrics {
@@ -420,5 +523,166 @@ impl ServerMetrics {
         let _ = f.ejections.remove_label_values(&l);
         let _ = f.checks.remove_label_values(&[l[0], l[1], "pass"]);
         let _ = f.checks.remove_label_values(&[l[0], l[1], "fail"]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC's metric table, verbatim: name, type, label names.
+    const SPEC: &[(&str, &str, &[&str])] = &[
+        (
+            "fulcrum_requests_total",
+            "counter",
+            &["listener", "upstream", "code"],
+        ),
+        (
+            "fulcrum_request_duration_seconds",
+            "histogram",
+            &["listener", "upstream"],
+        ),
+        (
+            "fulcrum_upstream_requests_total",
+            "counter",
+            &["upstream", "server", "code"],
+        ),
+        (
+            "fulcrum_upstream_errors_total",
+            "counter",
+            &["upstream", "server", "kind"],
+        ),
+        (
+            "fulcrum_upstream_response_seconds",
+            "histogram",
+            &["upstream", "server"],
+        ),
+        (
+            "fulcrum_upstream_in_flight",
+            "gauge",
+            &["upstream", "server"],
+        ),
+        (
+            "fulcrum_upstream_server_up",
+            "gauge",
+            &["upstream", "server"],
+        ),
+        (
+            "fulcrum_health_checks_total",
+            "counter",
+            &["upstream", "server", "result"],
+        ),
+        ("fulcrum_retries_total", "counter", &["upstream"]),
+        (
+            "fulcrum_upstream_ejections_total",
+            "counter",
+            &["upstream", "server"],
+        ),
+        ("fulcrum_connections_active", "gauge", &["listener"]),
+        ("fulcrum_connections_total", "counter", &["listener"]),
+        (
+            "fulcrum_connections_rejected_total",
+            "counter",
+            &["listener", "reason"],
+        ),
+        (
+            "fulcrum_rate_limited_total",
+            "counter",
+            &["listener", "upstream"],
+        ),
+        (
+            "fulcrum_tls_handshake_errors_total",
+            "counter",
+            &["listener"],
+        ),
+        ("fulcrum_config_reloads_total", "counter", &["result"]),
+        ("fulcrum_config_last_reload_successful", "gauge", &[]),
+        (
+            "fulcrum_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            &[],
+        ),
+        ("fulcrum_config_generation", "gauge", &[]),
+        ("fulcrum_build_info", "gauge", &["version"]),
+    ];
+
+    #[test]
+    fn every_spec_family_has_exactly_its_labels() {
+        let m = Metrics::new();
+        // One series in every family, through the same handles the proxy uses.
+        let _route = RouteMetrics::new(&m, "web", "api");
+        let server = ServerMetrics::new(&m, "api", "127.0.0.1:1");
+        server.responses.inc(200);
+        server.error(ErrorKind::Connect);
+        m.connections_active.with_label_values(&["web"]);
+        m.connections_total.with_label_values(&["web"]);
+        m.connections_rejected_total
+            .with_label_values(&["web", "proxy_protocol"]);
+        m.tls_handshake_errors_total.with_label_values(&["web"]);
+        m.retries_total.with_label_values(&["api"]);
+        _route.requests.inc(200);
+        let text = String::from_utf8(m.render()).unwrap();
+        for (name, kind, labels) in SPEC {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} is not a {kind}"
+            );
+            let family = m
+                .registry
+                .gather()
+                .into_iter()
+                .find(|f| f.name() == *name)
+                .unwrap_or_else(|| panic!("{name} missing"));
+            for series in family.get_metric() {
+                let mut got: Vec<&str> = series.get_label().iter().map(|l| l.name()).collect();
+                let mut want = labels.to_vec();
+                got.sort_unstable();
+                want.sort_unstable();
+                assert_eq!(got, want, "labels of {name}");
+            }
+        }
+        let ours = text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE fulcrum_"))
+            .count();
+        assert_eq!(ours, SPEC.len(), "a family that SPEC does not name");
+        assert!(text.contains("process_cpu_seconds_total"));
+    }
+
+    #[test]
+    fn code_counters_count_every_code_and_remove_their_series() {
+        let m = Metrics::new();
+        let c = CodeCounters::new(
+            &m.requests_total,
+            &[("listener", "web"), ("upstream", "api")],
+        );
+        let other = CodeCounters::new(
+            &m.requests_total,
+            &[("listener", "web"), ("upstream", "other")],
+        );
+        other.inc(200);
+        // 20 common codes, 8 rare slots, then overflow.
+        let mut codes: Vec<u16> = COMMON_CODES.to_vec();
+        codes.extend(520..540);
+        codes.extend(100..103);
+        for code in &codes {
+            c.inc(*code);
+            c.inc(*code);
+        }
+        let t = c.totals();
+        assert_eq!(t.all, 2 * codes.len() as u64);
+        let fives = codes.iter().filter(|c| **c >= 500).count() as u64;
+        assert_eq!(t.server_errors, 2 * fives);
+        for code in &codes {
+            let v = m
+                .requests_total
+                .with_label_values(&["web", "api", &code.to_string()])
+                .get();
+            assert_eq!(v, 2, "code {code}");
+        }
+        c.remove();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("upstream=\"api\""), "{text}");
+        assert!(text.contains("upstream=\"other\""));
     }
 }

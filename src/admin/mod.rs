@@ -1,12 +1,16 @@
 //! The admin listener: /health, /ready, /metrics, /status and /status.json.
 
+mod page;
+pub mod status;
+
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, Response, StatusCode};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -15,20 +19,38 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::app::AppState;
+use crate::backend::Registry;
+use crate::routing::RoutingTable;
+use status::Sampler;
 
-/// Serves the admin endpoints until the process exits.
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+struct Admin {
+    state: Arc<AppState>,
+    sampler: Arc<Sampler>,
+    started: Instant,
+}
+
+/// Serves the admin endpoints until the process exits, and starts the
+/// sampler behind the status page's rates.
 pub fn spawn(listener: std::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
+    let admin = Arc::new(Admin {
+        sampler: Sampler::spawn(state.clone()),
+        state,
+        started: Instant::now(),
+    });
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let state = state.clone();
+            let admin = admin.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req)) }
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(handle(&admin, req)) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -46,34 +68,27 @@ fn respond(
 ) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let state = &admin.state;
     match req.uri().path() {
-        "/health" => {
-            let table = state.shared.table.load();
-            let upstreams: serde_json::Map<String, serde_json::Value> = table
-                .upstreams
-                .iter()
-                .map(|u| {
-                    let up = u.servers.iter().filter(|s| s.is_up()).count();
-                    (
-                        u.name.to_string(),
-                        json!({"up": up, "total": u.servers.len()}),
-                    )
-                })
-                .collect();
-            let body = json!({"status": "ok", "upstreams": upstreams});
-            respond(StatusCode::OK, "application/json", body.to_string())
-        }
+        "/health" => respond(StatusCode::OK, JSON, health(state).to_string()),
         "/ready" => match readiness(state) {
-            Ok(()) => respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
+            Ok(()) => respond(StatusCode::OK, TEXT, "ready\n"),
             Err(reason) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
+                TEXT,
                 format!("not ready: {reason}\n"),
             ),
         },
@@ -85,200 +100,159 @@ fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 state.shared.registry.metrics.render(),
             )
         }
-        "/status.json" => respond(
-            StatusCode::OK,
-            "application/json",
-            status_json(state).to_string(),
-        ),
-        "/status" => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            status_html(&status_json(state)),
-        ),
-        _ => respond(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found\n",
-        ),
+        "/status.json" => {
+            let s = status::build(state, &admin.sampler, admin.started, readiness(state));
+            let body = serde_json::to_string_pretty(&s).unwrap_or_default();
+            respond(StatusCode::OK, JSON, body)
+        }
+        "/status" | "/" => {
+            let s = status::build(state, &admin.sampler, admin.started, readiness(state));
+            respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page::render(&s, status::shutting_down(state)),
+            )
+        }
+        _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
     }
 }
 
+/// Liveness: answers while the process serves, with each upstream's
+/// up/total server counts.
+fn health(state: &AppState) -> serde_json::Value {
+    let table = state.shared.table.load();
+    let upstreams: serde_json::Map<String, serde_json::Value> = table
+        .upstreams
+        .iter()
+        .map(|u| {
+            let up = u.servers.iter().filter(|s| s.is_up()).count();
+            (
+                u.name.to_string(),
+                json!({"up": up, "total": u.servers.len()}),
+            )
+        })
+        .collect();
+    json!({"status": "ok", "generation": table.generation, "upstreams": upstreams})
+}
+
 /// Why the process should not get traffic, if it shouldn't.
-fn readiness(state: &AppState) -> Result<(), String> {
-    if state.shared.shutting_down.load(Ordering::Relaxed) {
+pub fn readiness(state: &AppState) -> Result<(), String> {
+    readiness_of(
+        state.shared.shutting_down.load(Ordering::Relaxed),
+        state.started.load(Ordering::Relaxed),
+        &state.shared.table.load(),
+    )
+}
+
+fn readiness_of(shutting_down: bool, started: bool, table: &RoutingTable) -> Result<(), String> {
+    if shutting_down {
         return Err("shutting down".into());
     }
-    if !state.started.load(Ordering::Relaxed) {
+    if !started {
         return Err("listeners not bound yet".into());
     }
-    let table = state.shared.table.load();
     let down: Vec<&str> = table
         .upstreams
         .iter()
         .filter(|u| !u.servers.iter().any(|s| s.is_up()))
         .map(|u| &*u.name)
         .collect();
-    if !down.is_empty() {
-        return Err(format!("no server up in upstream {}", down.join(", ")));
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("no server up in upstream {}", down.join(", ")))
     }
-    Ok(())
 }
 
 /// Gauges that mirror state kept elsewhere are set at scrape time, so the
-/// request path pays nothing for them.
+/// request path pays nothing for them. Draining servers (removed by a
+/// reload, still finishing requests) report up=0 until they are gone.
 fn sync_gauges(state: &AppState) {
-    let table = state.shared.table.load();
-    for u in &table.upstreams {
-        for s in &u.servers {
-            s.metrics.in_flight.set(s.in_flight() as i64);
-            s.metrics.up.set(s.is_up() as i64);
-        }
+    sync_server_gauges(&state.shared.registry, &state.shared.table.load());
+}
+
+fn sync_server_gauges(registry: &Registry, table: &RoutingTable) {
+    let current = status::in_table(table);
+    for s in registry.live_servers() {
+        let in_table = current.contains(&Arc::as_ptr(&s));
+        s.metrics.in_flight.set(s.in_flight() as i64);
+        s.metrics.up.set((in_table && s.is_up()) as i64);
     }
 }
 
-fn status_json(state: &AppState) -> serde_json::Value {
-    let table = state.shared.table.load();
-    let m = &state.shared.registry.metrics;
-    let listeners: Vec<_> = table
-        .listeners
-        .iter()
-        .map(|l| json!({"name": &*l.name, "listen": l.settings.listen.to_string()}))
-        .collect();
-    let routes: Vec<_> = table
-        .config
-        .routes
-        .iter()
-        .map(|r| {
-            json!({
-                "listeners": r.listeners,
-                "host": r.host.as_ref().map(|h| match h {
-                    crate::config::HostMatch::Exact(e) => e.clone(),
-                    crate::config::HostMatch::Suffix(s) => format!("*{s}"),
-                }),
-                "path_prefix": if r.path_prefix.is_empty() { "/" } else { &r.path_prefix },
-                "upstream": r.upstream,
-            })
-        })
-        .collect();
-    let upstreams: Vec<_> = table
-        .upstreams
-        .iter()
-        .map(|u| {
-            let servers: Vec<_> = u
-                .servers
-                .iter()
-                .map(|s| {
-                    let responses = sum_counter(&m.upstream_requests_total, &u.name, &s.label);
-                    let errors = sum_counter(&m.upstream_errors_total, &u.name, &s.label);
-                    let h = &s.metrics.response_seconds;
-                    let (count, sum) = (h.get_sample_count(), h.get_sample_sum());
-                    json!({
-                        "address": s.label,
-                        "state": s.state_name(),
-                        "in_flight": s.in_flight(),
-                        "responses": responses,
-                        "errors": errors,
-                        "mean_latency_ms": if count > 0 { sum / count as f64 * 1000.0 } else { 0.0 },
-                        "idle_connections": s.pool.idle_count(),
-                    })
-                })
-                .collect();
-            json!({"name": &*u.name, "strategy": u.config.strategy.as_str(), "servers": servers})
-        })
-        .collect();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "generation": table.generation,
-        "last_reload_successful": m.config_last_reload_successful.get() == 1,
-        "listeners": listeners,
-        "routes": routes,
-        "upstreams": upstreams,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
 
-/// Sum of a counter family's series whose `upstream` and `server` labels match.
-fn sum_counter(vec: &prometheus::IntCounterVec, upstream: &str, server: &str) -> u64 {
-    use prometheus::core::Collector;
-    vec.collect()
-        .iter()
-        .flat_map(|mf| mf.get_metric())
-        .filter(|m| {
-            let mut ok = 0;
-            for l in m.get_label() {
-                match l.name() {
-                    "upstream" if l.value() == upstream => ok += 1,
-                    "server" if l.value() == server => ok += 1,
-                    _ => {}
-                }
+    fn table() -> (Arc<Registry>, RoutingTable) {
+        let text = r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+[[route]]
+upstream = "api"
+[upstream.api]
+servers = [{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }]
+[upstream.web]
+servers = [{ address = "127.0.0.1:3" }]
+"#;
+        let config = Config::from_toml(std::path::Path::new("t.toml"), text).unwrap();
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let table = RoutingTable::build(Arc::new(config), &registry, 1);
+        (registry, table)
+    }
+
+    /// Readiness and the up gauge follow `ServerState::is_up`, whatever
+    /// flips it (active health checks, passive ejection).
+    #[test]
+    fn ready_flips_when_an_upstream_has_no_server_up_and_back() {
+        let (registry, t) = table();
+        assert_eq!(readiness_of(false, true, &t), Ok(()));
+        assert_eq!(
+            readiness_of(false, false, &t),
+            Err("listeners not bound yet".into())
+        );
+        assert_eq!(readiness_of(true, true, &t), Err("shutting down".into()));
+
+        let api = &t.upstreams[0];
+        api.servers[0].set_checked_down(true);
+        assert_eq!(
+            readiness_of(false, true, &t),
+            Ok(()),
+            "one of two is still up"
+        );
+        api.servers[1].eject(std::time::Duration::from_secs(30));
+        assert_eq!(
+            readiness_of(false, true, &t),
+            Err("no server up in upstream api".into())
+        );
+        t.upstreams[1].servers[0].set_checked_down(true);
+        assert_eq!(
+            readiness_of(false, true, &t),
+            Err("no server up in upstream api, web".into())
+        );
+
+        sync_server_gauges(&registry, &t);
+        let text = String::from_utf8(registry.metrics.render()).unwrap();
+        assert!(
+            text.contains("fulcrum_upstream_server_up{server=\"127.0.0.1:1\",upstream=\"api\"} 0")
+        );
+
+        for u in &t.upstreams {
+            for s in &u.servers {
+                s.set_checked_down(false);
+                s.end_ejection_if_due(u64::MAX);
             }
-            ok == 2
-        })
-        .map(|m| m.get_counter().value() as u64)
-        .sum()
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn status_html(v: &serde_json::Value) -> String {
-    let mut h = String::from(
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
-         <title>Fulcrum status</title><style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
-         table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}\
-         th{background:#f3f3f3}.up{color:#0a0;font-weight:bold}.down{color:#c00;font-weight:bold}</style></head><body>",
-    );
-    h += &format!(
-        "<h1>Fulcrum {}</h1><p>config generation {} &middot; last reload {}</p>",
-        esc(v["version"].as_str().unwrap_or("")),
-        v["generation"],
-        if v["last_reload_successful"].as_bool() == Some(true) {
-            "succeeded"
-        } else {
-            "<span class=down>failed</span>"
         }
-    );
-    h += "<h2>Listeners</h2><table><tr><th>name</th><th>address</th></tr>";
-    for l in v["listeners"].as_array().into_iter().flatten() {
-        h += &format!(
-            "<tr><td>{}</td><td>{}</td></tr>",
-            esc(l["name"].as_str().unwrap_or("")),
-            esc(l["listen"].as_str().unwrap_or(""))
+        assert_eq!(readiness_of(false, true, &t), Ok(()));
+        sync_server_gauges(&registry, &t);
+        let text = String::from_utf8(registry.metrics.render()).unwrap();
+        assert!(
+            text.contains("fulcrum_upstream_server_up{server=\"127.0.0.1:1\",upstream=\"api\"} 1")
         );
     }
-    h +=
-        "</table><h2>Routes</h2><table><tr><th>host</th><th>path prefix</th><th>upstream</th></tr>";
-    for r in v["routes"].as_array().into_iter().flatten() {
-        h += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(r["host"].as_str().unwrap_or("*")),
-            esc(r["path_prefix"].as_str().unwrap_or("/")),
-            esc(r["upstream"].as_str().unwrap_or(""))
-        );
-    }
-    h += "</table>";
-    for u in v["upstreams"].as_array().into_iter().flatten() {
-        h += &format!(
-            "<h2>Upstream {} <small>({})</small></h2><table><tr><th>server</th><th>state</th><th>in flight</th><th>responses</th><th>errors</th><th>mean latency</th></tr>",
-            esc(u["name"].as_str().unwrap_or("")),
-            esc(u["strategy"].as_str().unwrap_or(""))
-        );
-        for s in u["servers"].as_array().into_iter().flatten() {
-            let st = s["state"].as_str().unwrap_or("");
-            h += &format!(
-                "<tr><td>{}</td><td class={st}>{st}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2} ms</td></tr>",
-                esc(s["address"].as_str().unwrap_or("")),
-                s["in_flight"],
-                s["responses"],
-                s["errors"],
-                s["mean_latency_ms"].as_f64().unwrap_or(0.0)
-            );
-        }
-        h += "</table>";
-    }
-    h += "</body></html>";
-    h
 }

@@ -341,6 +341,19 @@ impl Registry {
         state
     }
 
+    /// Every server state still alive: those in the current snapshot, and
+    /// removed ones still finishing requests (draining). For the admin
+    /// endpoints; never on the request path.
+    pub fn live_servers(&self) -> Vec<Arc<ServerState>> {
+        let inner = self.lock();
+        inner
+            .servers
+            .values()
+            .flat_map(|by_addr| by_addr.values())
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     /// The metrics for a (listener, upstream) pair; `upstream` is "" for
     /// requests that matched no route.
     pub fn route_stats(self: &Arc<Self>, listener: &str, upstream: &str) -> Arc<RouteStats> {

@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::access_log::AccessRecord;
 use crate::backend::InFlight;
 use crate::proxy::pool::Upstream1;
 use crate::server::conn::ActiveGuard;
@@ -244,6 +245,10 @@ pub struct ProxyBody {
     kind: Kind,
     /// Marks the client connection busy until the response is done.
     _active: Option<ActiveGuard>,
+    /// The access log line, emitted when this body is dropped.
+    access: Option<Box<AccessRecord>>,
+    /// The server broke off mid-body.
+    broken: bool,
 }
 
 impl ProxyBody {
@@ -251,6 +256,8 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(b.into())),
             _active: None,
+            access: None,
+            broken: false,
         }
     }
 
@@ -258,12 +265,30 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(b),
             _active: None,
+            access: None,
+            broken: false,
         }
     }
 
     pub fn with_guard(mut self, g: ActiveGuard) -> ProxyBody {
         self._active = Some(g);
         self
+    }
+
+    /// Attaches the request's access log record (emitted when the body ends).
+    pub fn with_access(mut self, a: Option<Box<AccessRecord>>) -> ProxyBody {
+        self.access = a;
+        self
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if self.access.is_some() && !self.broken && self.is_end_stream() {
+            if let Some(a) = self.access.as_mut() {
+                a.complete();
+            }
+        }
     }
 }
 
@@ -275,7 +300,8 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.kind {
+        let this = &mut *self;
+        let frame: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(
                 b.take()
                     .filter(|b| !b.is_empty())
@@ -292,6 +318,7 @@ impl Body for ProxyBody {
                         // make the client see an aborted response, not a clean end.
                         u.finish.take();
                         u.inner.take();
+                        this.broken = true;
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
                     None => {
@@ -300,7 +327,13 @@ impl Body for ProxyBody {
                     }
                 }
             }
+        };
+        if let (Some(a), Poll::Ready(Some(Ok(f)))) = (this.access.as_mut(), &frame) {
+            if let Some(d) = f.data_ref() {
+                a.add_bytes(d.len());
+            }
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

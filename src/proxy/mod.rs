@@ -21,6 +21,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::access_log::AccessRecord;
 use crate::backend::{clock_ms, InFlight, Registry, ServerState};
 use crate::balance::{ewma, PickContext};
 use crate::health::passive;
@@ -66,6 +67,12 @@ pub async fn handle(
     let active = conn.state.begin();
     let request_id = headers::request_id(req.headers_mut());
     let table = shared.table.load_full();
+    let mut access = table
+        .config
+        .global
+        .access_log
+        .then(|| AccessRecord::begin(started, &conn.listener, conn.client_ip, &req));
+    let mut served = None;
     let (mut resp, stats) = match table.listener(&conn.listener) {
         None => (error_response(&ProxyError::Draining, &request_id), None),
         Some(lt) => {
@@ -78,7 +85,15 @@ pub async fn handle(
             match route {
                 Err(e) => (error_response(&e, &request_id), Some(&lt.no_route)),
                 Ok(route) => {
-                    let r = proxy(&route.upstream, &conn, &lt.settings, req, &request_id).await;
+                    let r = proxy(
+                        &route.upstream,
+                        &conn,
+                        &lt.settings,
+                        req,
+                        &request_id,
+                        &mut served,
+                    )
+                    .await;
                     let resp = r.unwrap_or_else(|e| {
                         if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) = &e {
                             tracing::debug!(upstream = %route.upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream failure");
@@ -97,26 +112,18 @@ pub async fn handle(
             .metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
-        if table.config.global.access_log {
-            tracing::info!(
-                target: "fulcrum::access",
-                listener = %conn.listener,
-                client = %conn.client_ip,
-                upstream = %stats.upstream,
-                status = status.as_u16(),
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                request_id = ?request_id,
-                "request"
-            );
-        }
+    }
+    if let Some(a) = access.as_mut() {
+        let upstream = stats.map(|s| Arc::from(s.upstream.as_str()));
+        a.respond(status.as_u16(), upstream, served, &request_id);
     }
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The tunnel task holds its own accounting; the response ends here.
         drop(active);
-        return resp;
+        return resp.map(|b| b.with_access(access));
     }
-    resp.map(|b| b.with_guard(active))
+    resp.map(|b| b.with_guard(active).with_access(access))
 }
 
 /// Checks that don't need a route: shutdown, head size.
@@ -141,6 +148,7 @@ async fn proxy(
     settings: &crate::config::ListenerConfig,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    served: &mut Option<std::net::SocketAddr>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if let (Some(limit), Some(len)) = (settings.max_request_body, content_length(&req)) {
         if len > limit {
@@ -179,6 +187,7 @@ async fn proxy(
             Some(s) if tried.is_empty() && s.is_up() => s,
             _ => pick_untried(upstream, &ctx, &tried).ok_or(ProxyError::NoHealthyUpstream)?,
         };
+        *served = Some(server.addr);
         let in_flight = InFlight::new(server.clone());
         let sent_at = Instant::now();
         let rebuild = || {

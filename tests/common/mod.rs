@@ -220,7 +220,10 @@ impl Fulcrum {
             };
             if line.contains("admin listening") {
                 f.admin = field(&line, "addr").parse().unwrap();
-            } else if line.contains(" listening ") || line.ends_with(" listening") {
+            } else if line.contains(" listening ")
+                || line.ends_with(" listening")
+                || line.contains("\"message\":\"listening\"")
+            {
                 if let (Some(name), addr) = (field_opt(&line, "listener"), field(&line, "addr")) {
                     f.listeners.insert(name, addr.parse().unwrap());
                 }
@@ -317,6 +320,14 @@ impl Drop for Fulcrum {
 }
 
 fn field_opt(line: &str, key: &str) -> Option<String> {
+    if line.starts_with('{') {
+        // `--log-format json`: one JSON object per line.
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return match v.get(key)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+    }
     let pat = format!("{key}=");
     let start = line.find(&pat)? + pat.len();
     let rest = &line[start..];
