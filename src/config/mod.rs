@@ -54,6 +54,8 @@ pub struct ListenerConfig {
     pub max_request_body: Option<u64>,
     pub body_read_timeout: Duration,
     pub max_connections_per_client: usize,
+    /// Every connection starts with a PROXY v1/v2 header naming the client.
+    pub proxy_protocol: bool,
     pub trusted_proxies: Vec<Cidr>,
     /// Present when this listener terminates TLS.
     pub tls: Option<ListenerTls>,
