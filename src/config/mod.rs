@@ -112,6 +112,8 @@ pub struct UpstreamTls {
     /// `tls_server_name`: SNI and the name the certificate must match. When
     /// absent, each server's configured host name (or IP) is used.
     pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// The `tls_ca` file, when one is named (`--watch` follows it).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How a route matches the request's host.

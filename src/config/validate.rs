@@ -796,6 +796,7 @@ fn validate_upstream_tls(
         Ok(client) => Some(UpstreamTls {
             client,
             server_name,
+            ca_file: ca,
         }),
         Err(e) => {
             let (span, key) = match &u.tls_ca {
