@@ -61,6 +61,9 @@ pub struct AppState {
     /// Serialises snapshot swaps (reload, health changes, DNS changes) so a
     /// slower builder can never overwrite a newer config with an older one.
     swap: tokio::sync::Mutex<()>,
+    /// Serialises whole reloads (SIGHUP and `--watch`), so a reload that
+    /// read the file earlier can never publish after one that read it later.
+    reloading: tokio::sync::Mutex<()>,
     checks: ActiveChecks,
 }
 
@@ -97,9 +100,25 @@ pub struct Bound {
     pub listeners: Vec<(String, SocketAddr)>,
 }
 
+/// How `run` behaves beyond the config file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// `--watch`: also reload when the config file or a certificate changes.
+    pub watch: bool,
+}
+
 /// Runs until SIGTERM/SIGINT and a graceful drain. `on_bound` is called once
 /// every listener is bound and serving.
 pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), AppError> {
+    run_with(config, RunOptions::default(), on_bound).await
+}
+
+/// [`run`] with options.
+pub async fn run_with(
+    config: Config,
+    options: RunOptions,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), AppError> {
     let signals = Signals::install().map_err(AppError::Signals)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(metrics.clone());
@@ -140,6 +159,7 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
             config.global.shutdown_timeout.as_millis() as u64
         )),
         swap: tokio::sync::Mutex::new(()),
+        reloading: tokio::sync::Mutex::new(()),
         checks: ActiveChecks::default(),
     });
     state.checks.reconcile(&shared.table.load_full());
@@ -170,6 +190,9 @@ pub async fn run(config: Config, on_bound: impl FnOnce(&Bound)) -> Result<(), Ap
     tokio::spawn(evict_idle_connections(shared.clone()));
     tokio::spawn(follow_health(state.clone()));
     tokio::spawn(follow_dns(state.clone()));
+    if options.watch {
+        crate::watch::spawn(state.clone());
+    }
     on_bound(&bound);
     tracing::info!(generation = 1, "fulcrum ready");
 
@@ -254,6 +277,7 @@ impl Signals {
 
 /// Reloads the config file; on any failure the running config is untouched.
 pub async fn reload(state: &Arc<AppState>) {
+    let _one_at_a_time = state.reloading.lock().await;
     let m = state.shared.registry.metrics.clone();
     let result = try_reload(state).await;
     if let Ok(mut last) = state.last_reload.lock() {

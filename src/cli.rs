@@ -37,7 +37,8 @@ pub enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
-        /// Also reload when the config file changes on disk.
+        /// Also reload (as SIGHUP does) when the config file or a certificate
+        /// it names changes on disk, including a ConfigMap symlink swap.
         #[arg(long)]
         watch: bool,
         #[command(flatten)]

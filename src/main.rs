@@ -37,9 +37,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            if watch {
-                tracing::warn!("--watch is not implemented yet; use SIGHUP to reload");
-            }
             let rt = match runtime(config.global.worker_threads) {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -47,7 +44,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(fulcrum::app::run(config, |_| {})) {
+            let options = fulcrum::app::RunOptions { watch };
+            match rt.block_on(fulcrum::app::run_with(config, options, |_| {})) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");

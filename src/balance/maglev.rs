@@ -131,12 +131,22 @@ impl Maglev {
         factor: f64,
         slow: SlowStart,
     ) -> Maglev {
-        let list: Vec<(SocketAddr, u32)> = servers
+        // Built over the servers sorted by address, so the table depends on
+        // the set of servers, not on the order a config or a DNS answer
+        // lists them: every instance with the same servers agrees.
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        order.sort_by_key(|&i| servers[i].addr);
+        let list: Vec<(SocketAddr, u32)> = order
             .iter()
-            .zip(weights)
-            .map(|(s, w)| (s.addr, *w))
+            .map(|&i| (servers[i].addr, weights[i]))
             .collect();
-        let table = build_table(&list, table_size(list.len()));
+        let table: Vec<u32> = build_table(&list, table_size(list.len()))
+            .into_iter()
+            .map(|slot| match order.get(slot as usize) {
+                Some(&i) => i as u32,
+                None => NONE,
+            })
+            .collect();
         let mut to_up = vec![NONE; servers.len()];
         for (pos, i) in up.iter().enumerate() {
             to_up[*i] = pos as u32;

@@ -310,3 +310,26 @@ fn least_connections_sees_releases_from_old_snapshots() {
     let on0 = picks.iter().filter(|g| g.server().addr == addr(0)).count();
     assert_eq!(on0, 2, "both servers idle again: picks alternate");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// consistent-hash picks depend on the set of servers, not on the order
+    /// the config (or a DNS answer) lists them: instances agree.
+    #[test]
+    fn maglev_picks_ignore_server_order(n in 2usize..12, rot in 1usize..11, keys in prop::collection::vec(any::<u64>(), 50)) {
+        let weights: Vec<u32> = (0..n).map(|i| 1 + (i as u32 % 3)).collect();
+        let cfg = upstream(Strategy::ConsistentHash, &weights);
+        let mut shuffled = cfg.clone();
+        shuffled.servers.rotate_left(rot % n);
+        shuffled.servers.swap(0, n - 1);
+        let (p1, p2) = (pool(&cfg, &HashSet::new()), pool(&shuffled, &HashSet::new()));
+        let b1 = Balancer::build(&cfg, &p1.servers, &p1.up_idx);
+        let b2 = Balancer::build(&shuffled, &p2.servers, &p2.up_idx);
+        for key in keys {
+            let s1 = p1.up[b1.pick(&PickContext { up: &p1.up, key }).unwrap()].addr;
+            let s2 = p2.up[b2.pick(&PickContext { up: &p2.up, key }).unwrap()].addr;
+            prop_assert_eq!(s1, s2);
+        }
+    }
+}

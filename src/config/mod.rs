@@ -54,6 +54,8 @@ pub struct ListenerConfig {
     pub max_request_body: Option<u64>,
     pub body_read_timeout: Duration,
     pub max_connections_per_client: usize,
+    /// Every connection starts with a PROXY v1/v2 header naming the client.
+    pub proxy_protocol: bool,
     pub trusted_proxies: Vec<Cidr>,
     /// Present when this listener terminates TLS.
     pub tls: Option<ListenerTls>,
@@ -110,6 +112,8 @@ pub struct UpstreamTls {
     /// `tls_server_name`: SNI and the name the certificate must match. When
     /// absent, each server's configured host name (or IP) is used.
     pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// The `tls_ca` file, when one is named (`--watch` follows it).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How a route matches the request's host.

@@ -338,11 +338,7 @@ fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) 
         0..10_000_001,
         0,
     ) as usize;
-    if let Some(p) = &l.proxy_protocol {
-        if *p.get_ref() {
-            ctx.not_yet(p.span(), &k("proxy_protocol"));
-        }
-    }
+    let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
     let mut trusted_proxies = Vec::new();
     for (j, c) in l.trusted_proxies.iter().flatten().enumerate() {
         match parse_cidr(c.get_ref()) {
@@ -364,6 +360,7 @@ fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) 
         max_request_body,
         body_read_timeout,
         max_connections_per_client,
+        proxy_protocol,
         trusted_proxies,
         tls,
     }
@@ -805,6 +802,7 @@ fn validate_upstream_tls(
         Ok(client) => Some(UpstreamTls {
             client,
             server_name,
+            ca_file: ca,
         }),
         Err(e) => {
             let (span, key) = match &u.tls_ca {

@@ -2,6 +2,7 @@
 //! auto builder, enforce connection limits, drain gracefully.
 
 pub mod conn;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -17,12 +18,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::ListenerConfig;
 use crate::proxy::{self, ConnInfo, Shared};
 use conn::{ConnState, TimedIo};
+use proxy_protocol::PrefixedIo;
 
 /// Binds a listening socket. Done before anything is started or swapped, so a
 /// taken port fails start-up (exit 2) or a reload (old config kept).
@@ -133,6 +135,9 @@ async fn accept_loop(
     let rejected_per_client = metrics
         .connections_rejected_total
         .with_label_values(&[&name, "max_connections_per_client"]);
+    let rejected_proxy_protocol = metrics
+        .connections_rejected_total
+        .with_label_values(&[&name, "proxy_protocol"]);
     let handshake_errors = metrics
         .tls_handshake_errors_total
         .with_label_values(&[&name]);
@@ -168,52 +173,22 @@ async fn accept_loop(
             .map(|l| l.settings.clone())
             .unwrap_or_else(|| initial.clone());
         drop(table);
-        let client_ip = peer.ip().to_canonical();
-        let slot = if settings.max_connections_per_client > 0 {
-            match per_client.acquire(client_ip, settings.max_connections_per_client) {
-                Some(s) => Some(s),
-                None => {
-                    rejected_per_client.inc();
-                    drop(stream);
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
         let _ = stream.set_nodelay(true);
-        // The TLS settings (certificates) of the current snapshot: a reload
-        // changes them for new connections only.
-        let tls_config = settings.tls.as_ref().map(|t| t.server.clone());
-        let info = Arc::new(ConnInfo {
-            listener: name.clone(),
-            client_ip,
-            client_ip_value: HeaderValue::from_str(&client_ip.to_string())
-                .unwrap_or(HeaderValue::from_static("unknown")),
-            tls: tls_config.is_some(),
-            state: Arc::new(ConnState::default()),
-            drain: std::sync::Mutex::new(Some(graceful.watcher())),
-        });
-        let watcher = graceful.watcher();
-        let shared2 = shared.clone();
-        let handshake_errors = handshake_errors.clone();
+        let conn = Conn {
+            name: name.clone(),
+            shared: shared.clone(),
+            per_client: per_client.clone(),
+            rejected_per_client: rejected_per_client.clone(),
+            rejected_proxy_protocol: rejected_proxy_protocol.clone(),
+            handshake_errors: handshake_errors.clone(),
+            drain: graceful.watcher(),
+            watcher: graceful.watcher(),
+        };
         let active_gauge = active_gauge.clone();
         active_gauge.inc();
         tokio::spawn(async move {
-            match tls_config {
-                None => serve(stream, &settings, shared2, info, watcher).await,
-                // The handshake runs in the connection's task, bounded by
-                // header_read_timeout, so a slow client never stalls accept().
-                Some(cfg) => match tls::accept(cfg, stream, settings.header_read_timeout).await {
-                    Ok(stream) => serve(stream, &settings, shared2, info, watcher).await,
-                    Err(e) => {
-                        handshake_errors.inc();
-                        tracing::debug!(listener = %info.listener, client = %info.client_ip, error = %e, "TLS handshake failed");
-                    }
-                },
-            }
+            conn.run(stream, peer, settings).await;
             active_gauge.dec();
-            drop(slot);
             drop(permit);
         });
     }
@@ -224,6 +199,91 @@ async fn accept_loop(
         .is_err()
     {
         tracing::warn!(listener = %name, ?timeout, "connections still open after the drain timeout");
+    }
+}
+
+/// One accepted connection and the listener's handles it needs.
+struct Conn {
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    per_client: Arc<PerClient>,
+    rejected_per_client: prometheus::IntCounter,
+    rejected_proxy_protocol: prometheus::IntCounter,
+    handshake_errors: prometheus::IntCounter,
+    drain: Watcher,
+    watcher: Watcher,
+}
+
+impl Conn {
+    /// PROXY header (when configured), per-client limit, TLS, then HTTP.
+    async fn run(self, stream: TcpStream, peer: SocketAddr, settings: Arc<ListenerConfig>) {
+        let mut stream = stream;
+        let (stream, client_ip) = if settings.proxy_protocol {
+            // Bounded like a request head: a silent or trickling peer
+            // cannot hold the connection slot.
+            let read = tokio::time::timeout(
+                settings.header_read_timeout,
+                proxy_protocol::read_header(&mut stream),
+            )
+            .await;
+            match read {
+                Ok(Ok((header, rest))) => (
+                    PrefixedIo::new(rest, stream),
+                    proxy_protocol::client_ip(&header, peer),
+                ),
+                Ok(Err(e)) => {
+                    self.rejected_proxy_protocol.inc();
+                    tracing::debug!(listener = %self.name, peer = %peer, error = %e, "connection rejected: PROXY header");
+                    return;
+                }
+                Err(_) => {
+                    self.rejected_proxy_protocol.inc();
+                    tracing::debug!(listener = %self.name, peer = %peer, "connection rejected: no PROXY header within header_read_timeout");
+                    return;
+                }
+            }
+        } else {
+            (PrefixedIo::plain(stream), peer.ip().to_canonical())
+        };
+        let _slot = if settings.max_connections_per_client > 0 {
+            match self
+                .per_client
+                .acquire(client_ip, settings.max_connections_per_client)
+            {
+                Some(s) => Some(s),
+                None => {
+                    self.rejected_per_client.inc();
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        // The TLS settings (certificates) of the current snapshot: a reload
+        // changes them for new connections only.
+        let tls_config = settings.tls.as_ref().map(|t| t.server.clone());
+        let info = Arc::new(ConnInfo {
+            listener: self.name.clone(),
+            client_ip,
+            client_ip_value: HeaderValue::from_str(&client_ip.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            tls: tls_config.is_some(),
+            state: Arc::new(ConnState::default()),
+            drain: std::sync::Mutex::new(Some(self.drain)),
+        });
+        let shared = self.shared;
+        match tls_config {
+            None => serve(stream, &settings, shared, info, self.watcher).await,
+            // The handshake runs in the connection's task, bounded by
+            // header_read_timeout, so a slow client never stalls accept().
+            Some(cfg) => match tls::accept(cfg, stream, settings.header_read_timeout).await {
+                Ok(stream) => serve(stream, &settings, shared, info, self.watcher).await,
+                Err(e) => {
+                    self.handshake_errors.inc();
+                    tracing::debug!(listener = %info.listener, client = %info.client_ip, error = %e, "TLS handshake failed");
+                }
+            },
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
 /// The crypto provider every TLS context of Fulcrum uses.
@@ -134,11 +134,14 @@ pub fn server_config(keys: Vec<Arc<CertifiedKey>>, min: MinVersion) -> Arc<Serve
 }
 
 /// Runs the server side of a TLS handshake, bounded by `timeout`.
-pub async fn accept(
+pub async fn accept<S>(
     config: Arc<ServerConfig>,
-    stream: TcpStream,
+    stream: S,
     timeout: Duration,
-) -> io::Result<TlsStream<TcpStream>> {
+) -> io::Result<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(r) => r,
