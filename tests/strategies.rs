@@ -182,21 +182,7 @@ async fn sticky_cookie_pins_repins_and_agrees_across_instances() {
 
 #[tokio::test]
 async fn sticky_server_marked_down_by_health_checks_repins() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let healthy = Arc::new(AtomicBool::new(true));
-    let h = healthy.clone();
-    let a = Backend::start(move |req| {
-        let h = h.clone();
-        async move {
-            let mut r = http::Response::new(full("a"));
-            if req.uri().path() == "/healthz" && !h.load(Ordering::SeqCst) {
-                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-            }
-            r
-        }
-    })
-    .await;
+    let (a, healthy) = toggled_backend("a").await;
     let b = Backend::named("b").await;
     let f = Fulcrum::start(&config(&format!(
         "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n[upstream.u.sticky]\ncookie = \"sid\"\nmax_age = \"1h\"\n\
@@ -225,21 +211,8 @@ async fn sticky_server_marked_down_by_health_checks_repins() {
 
 #[tokio::test]
 async fn slow_start_ramps_a_server_that_comes_back_up() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let healthy = Arc::new(AtomicBool::new(true));
-    let h = healthy.clone();
-    let a = Backend::start(move |req| {
-        let h = h.clone();
-        async move {
-            let mut r = http::Response::new(full("a"));
-            if req.uri().path() == "/healthz" && !h.load(Ordering::SeqCst) {
-                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-            }
-            r
-        }
-    })
-    .await;
+    use std::sync::atomic::Ordering;
+    let (a, healthy) = toggled_backend("a").await;
     let b = Backend::named("b").await;
     let f = Fulcrum::start(&config(&format!(
         "[[route]]\nupstream = \"u\"\n[upstream.u]\nstrategy = \"round-robin\"\nslow_start = \"20s\"\n{}\n\

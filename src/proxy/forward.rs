@@ -9,6 +9,7 @@ use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -96,7 +97,16 @@ async fn exchange(
     cfg: &UpstreamConfig,
     req: Request<ReqBody>,
 ) -> Result<Response<Incoming>, Failed> {
-    match tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(req)).await {
+    timed(cfg, conn.sender.try_send_request(req)).await
+}
+
+/// Waits up to `response_timeout` for the response head of one send (HTTP/1
+/// or HTTP/2: both hand the request back when it never left).
+async fn timed(
+    cfg: &UpstreamConfig,
+    send: impl std::future::Future<Output = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>>,
+) -> Result<Response<Incoming>, Failed> {
+    match tokio::time::timeout(cfg.response_timeout, send).await {
         Err(_) => Err(Failed {
             error: ProxyError::ResponseTimeout,
             request: None,
@@ -151,20 +161,7 @@ async fn exchange_h2(
     cfg: &UpstreamConfig,
     req: Request<ReqBody>,
 ) -> Result<Response<Incoming>, Failed> {
-    match tokio::time::timeout(cfg.response_timeout, sender.try_send_request(req)).await {
-        Err(_) => Err(Failed {
-            error: ProxyError::ResponseTimeout,
-            request: None,
-        }),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(mut e)) => {
-            let request = e.take_message();
-            Err(Failed {
-                error: classify(e.into_error()),
-                request,
-            })
-        }
-    }
+    timed(cfg, sender.try_send_request(req)).await
 }
 
 /// HTTP/2 wants the scheme and authority as pseudo-headers: the request

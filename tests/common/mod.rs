@@ -60,6 +60,20 @@ impl Backend {
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
     {
+        Backend::serve(listener, None, handler)
+    }
+
+    /// Accepts on `listener` (through TLS when `tls` is given) and records
+    /// every request before `handler` answers it.
+    fn serve<F, Fut>(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: F,
+    ) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -72,6 +86,7 @@ impl Backend {
                     continue;
                 };
                 let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+                let tls = tls.clone();
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         hits.fetch_add(1, Ordering::SeqCst);
@@ -83,9 +98,23 @@ impl Backend {
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
                 c.lock().unwrap().push(conn.abort_handle());
             }
@@ -712,48 +741,11 @@ impl Backend {
         Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (h, s) = (hits.clone(), seen.clone());
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let c = conns.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
-                let acceptor = acceptor.clone();
-                let conn = tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        hits.fetch_add(1, Ordering::SeqCst);
-                        seen.lock().unwrap().push(Seen {
-                            method: req.method().to_string(),
-                            uri: req.uri().to_string(),
-                            headers: req.headers().clone(),
-                        });
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
-                });
-                c.lock().unwrap().push(conn.abort_handle());
-            }
-        });
-        Backend {
-            addr,
-            hits,
-            seen,
-            task,
-            conns,
-        }
+        Backend::serve(
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+            handler,
+        )
     }
 }
 
@@ -856,4 +848,23 @@ pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
     }
     let mut c = Client::connect(addr).await;
     collect(c.send(b.body(full("")).unwrap()).await.unwrap()).await
+}
+
+/// A backend answering `name` whose `/healthz` answers 503 while the returned
+/// flag is false: a server whose health a test switches.
+pub async fn toggled_backend(name: &'static str) -> (Backend, Arc<std::sync::atomic::AtomicBool>) {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = healthy.clone();
+    let b = Backend::start(move |req| {
+        let h = h.clone();
+        async move {
+            let mut r = Response::new(full(name));
+            if req.uri().path() == "/healthz" && !h.load(Ordering::SeqCst) {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    (b, healthy)
 }
