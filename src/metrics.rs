@@ -295,6 +295,8 @@ impl CodeCounters {
 pub struct RouteMetrics {
     pub requests: CodeCounters,
     pub duration: Histogram,
+    /// `fulcrum_rate_limited_total{listener, upstream}`.
+    pub rate_limited: IntCounter,
 }
 
 impl RouteMetrics {
@@ -304,12 +306,18 @@ impl RouteMetrics {
         let _ = m
             .request_duration
             .remove_label_values(&[listener, upstream]);
+        let _ = m
+            .rate_limited_total
+            .remove_label_values(&[listener, upstream]);
     }
 
     pub fn new(m: &Metrics, listener: &str, upstream: &str) -> RouteMetrics {
         RouteMetrics {
             requests: CodeCounters::new(&m.requests_total, &[listener, upstream]),
             duration: m.request_duration.with_label_values(&[listener, upstream]),
+            rate_limited: m
+                .rate_limited_total
+                .with_label_values(&[listener, upstream]),
         }
     }
 }

@@ -37,7 +37,8 @@ pub fn server_id_hex(upstream: &str, addr: SocketAddr) -> String {
     format!("{:016x}", server_id(upstream, addr))
 }
 
-fn parse_hex(v: &[u8]) -> Option<u64> {
+/// A cookie value as a server id: exactly 16 hex digits.
+pub fn parse_hex(v: &[u8]) -> Option<u64> {
     if v.len() != 16 {
         return None;
     }

@@ -19,6 +19,13 @@ pub enum ProxyError {
     BodyTimeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A request framing Fulcrum does not implement (a transfer coding other
+    /// than a single `chunked`), answered 501 like nginx.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    /// Over the route's `rate_limit`; retry after this many seconds.
+    #[error("rate limited")]
+    RateLimited(u64),
     #[error("upstream connect failed")]
     Connect(#[source] std::io::Error),
     #[error("upstream connect timed out")]
@@ -51,6 +58,8 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
@@ -70,6 +79,8 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTimeout => "request body timeout\n",
             ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::NotImplemented(_) => "not implemented\n",
+            ProxyError::RateLimited(_) => "too many requests\n",
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
@@ -88,10 +99,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
             | ProxyError::HeadersTooLarge
             | ProxyError::Draining
             | ProxyError::ShuttingDown => true,
             ProxyError::NoRoute
+            | ProxyError::RateLimited(_)
             | ProxyError::NoHealthyUpstream
             | ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
@@ -118,6 +131,8 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
+            | ProxyError::RateLimited(_)
             | ProxyError::Draining
             | ProxyError::ShuttingDown => None,
         }
