@@ -194,3 +194,86 @@ async fn trailers_never_carry_framing_or_host_upstream() {
     assert_eq!(b.hits(), 1);
     honest(&f).await;
 }
+
+/// A server on loopback that answers every request head on a connection with
+/// `answer`, counting connections.
+async fn liar(
+    answer: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.clear();
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn upstream_lies_are_502_and_the_connection_is_discarded() {
+    use std::sync::atomic::Ordering;
+    let big = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+            "a".repeat(512 * 1024)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let lies: [(&str, &'static [u8]); 4] = [
+        (
+            "content-length with transfer-encoding",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("duplicate content-length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ("bad status line", b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nok"),
+        ("oversized headers", big),
+    ];
+    for (name, answer) in lies {
+        let (addr, conns) = liar(answer).await;
+        let f = Fulcrum::start(&config(&format!(
+            "[[route]]\nupstream = \"u\"\n[upstream.u]\nretries = 0\nservers = [{{ address = \"{addr}\" }}]\n"
+        )));
+        let mut c = Client::connect(f.addr("web")).await;
+        for i in 1..=2 {
+            let r = c.get("/", "a").await;
+            assert_eq!(r.status, 502, "{name}: {}", r.text());
+            assert_eq!(r.text(), "invalid upstream response\n", "{name}");
+            assert_eq!(
+                conns.load(Ordering::SeqCst),
+                i,
+                "{name}: the lying connection was reused"
+            );
+        }
+        let m = scrape(&f).await;
+        assert_eq!(
+            metric(&m, "fulcrum_upstream_errors_total", &[("kind", "protocol")]),
+            Some(2.0),
+            "{name}"
+        );
+    }
+}

@@ -40,6 +40,10 @@ pub enum ProxyError {
     UpstreamReset(#[source] hyper::Error),
     #[error("invalid upstream response")]
     UpstreamProtocol(#[source] hyper::Error),
+    /// A response hyper accepts but a proxy must not forward (framing that
+    /// two parsers could read differently).
+    #[error("invalid upstream response: {0}")]
+    UpstreamFraming(&'static str),
     #[error("listener is draining")]
     Draining,
     #[error("shutting down")]
@@ -65,7 +69,8 @@ impl ProxyError {
             | ProxyError::Handshake(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -86,7 +91,9 @@ impl ProxyError {
             | ProxyError::Handshake(_)
             | ProxyError::UpstreamTls(_) => "upstream connect error\n",
             ProxyError::UpstreamReset(_) => "upstream connection reset\n",
-            ProxyError::UpstreamProtocol(_) => "invalid upstream response\n",
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) => {
+                "invalid upstream response\n"
+            }
             ProxyError::ResponseTimeout => "upstream response timeout\n",
             ProxyError::Draining | ProxyError::ShuttingDown => "shutting down\n",
         }
@@ -112,7 +119,8 @@ impl ProxyError {
             | ProxyError::UpstreamTls(_)
             | ProxyError::ResponseTimeout
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamProtocol(_) => false,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamFraming(_) => false,
         }
     }
 
@@ -124,7 +132,9 @@ impl ProxyError {
             ProxyError::UpstreamTls(_) => Some(ErrorKind::Tls),
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => Some(ErrorKind::Timeout),
             ProxyError::UpstreamReset(_) => Some(ErrorKind::Reset),
-            ProxyError::UpstreamProtocol(_) => Some(ErrorKind::Protocol),
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) => {
+                Some(ErrorKind::Protocol)
+            }
             ProxyError::NoRoute
             | ProxyError::NoHealthyUpstream
             | ProxyError::BodyTooLarge

@@ -110,7 +110,7 @@ pub async fn handle(
                         }
                     };
                     let resp = r.unwrap_or_else(|e| {
-                        if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) = &e {
+                        if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) = &e {
                             tracing::debug!(upstream = %route.upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream failure");
                         }
                         error_response(&e, &request_id)
@@ -230,6 +230,18 @@ async fn proxy(
             replay.as_ref().map(|_| &rebuild as _);
         match forward::send(server, &upstream.config, req, replay_fn).await {
             Ok((resp, conn1)) => {
+                // hyper lets Transfer-Encoding win over Content-Length in a
+                // response; forwarding the pair would leave the client to
+                // guess. 502, and the connection is dropped, not pooled.
+                if resp.headers().contains_key(TRANSFER_ENCODING)
+                    && resp.headers().contains_key(CONTENT_LENGTH)
+                {
+                    drop((resp, conn1));
+                    let e = ProxyError::UpstreamFraming("Content-Length with Transfer-Encoding");
+                    server.metrics.error(crate::metrics::ErrorKind::Protocol);
+                    passive::record(upstream, server, true);
+                    return Err(e);
+                }
                 let latency = sent_at.elapsed();
                 server
                     .metrics
