@@ -379,7 +379,7 @@ pub fn remove_matching<T: MetricVecBuilder>(vec: &MetricVec<T>, labels: &[(&str,
 pub struct RouteMetrics {
     pub requests: CodeCounters,
     pub duration: Histogram,
-    /// `fulcrum_rate_limited_total` for this pair.
+    /// `fulcrum_rate_limited_total{listener, upstream}`.
     pub rate_limited: IntCounter,
 }
 

@@ -17,9 +17,11 @@ use arc_swap::ArcSwapOption;
 pub use crate::balance::clock_ms;
 use crate::balance::{clock_ms_at, LoadHook, PeakEwma};
 
+use crate::config::RateLimit;
 use crate::health::budget::RetryBudget;
 use crate::metrics::{Metrics, RouteMetrics, ServerMetrics};
 use crate::proxy::pool::Pool;
+use crate::proxy::ratelimit::RouteLimiter;
 
 /// State of one server of one upstream.
 pub struct ServerState {
@@ -259,6 +261,7 @@ struct Inner {
     routes: HashMap<(String, String), Weak<RouteStats>>,
     budgets: HashMap<String, Weak<RetryBudget>>,
     groups: HashMap<Arc<str>, Weak<AtomicUsize>>,
+    limiters: HashMap<String, Weak<RouteLimiter>>,
 }
 
 /// Identity-keyed store of long-lived state. Locked only while a snapshot is
@@ -370,6 +373,23 @@ impl Registry {
         });
         inner.routes.insert(key, Arc::downgrade(&stats));
         stats
+    }
+
+    /// The rate limiter of the route `identity` enforcing `limit`: the same
+    /// one (with every client's bucket) while a snapshot still holds it.
+    pub fn route_limiter(&self, identity: &str, limit: RateLimit) -> Arc<RouteLimiter> {
+        let mut inner = self.lock();
+        if let Some(l) = inner.limiters.get(identity).and_then(Weak::upgrade) {
+            if l.config == limit {
+                return l;
+            }
+        }
+        inner.limiters.retain(|_, w| w.strong_count() > 0);
+        let l = Arc::new(RouteLimiter::new(limit));
+        inner
+            .limiters
+            .insert(identity.to_string(), Arc::downgrade(&l));
+        l
     }
 
     /// The retry budget of an upstream, kept across snapshots.

@@ -62,7 +62,9 @@ pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> 
         v.as_bytes().split(|b| *b == b';').find_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|b| *b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| {
+            let n = pair[..eq].trim_ascii();
+            // A nameless pair (`=x`) is no cookie, whatever name is asked for.
+            (!n.is_empty() && n == name.as_bytes()).then(|| {
                 let v = pair[eq + 1..].trim_ascii();
                 v.strip_prefix(b"\"")
                     .and_then(|v| v.strip_suffix(b"\""))
@@ -83,6 +85,15 @@ fn query<'a>(q: &'a str, name: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nameless_cookie_pair_never_matches() {
+        // Found by the sticky_cookie fuzz target.
+        let p = parts("/", &[("cookie", "   = \"  \"  ; =x")]);
+        assert_eq!(cookie(&p.headers, ""), None);
+        let p = parts("/", &[("cookie", "=x; sid=1")]);
+        assert_eq!(cookie(&p.headers, "sid"), Some(&b"1"[..]));
+    }
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
         let mut b = http::Request::get(uri);

@@ -37,8 +37,11 @@ pub fn server_id_hex(upstream: &str, addr: SocketAddr) -> String {
     format!("{:016x}", server_id(upstream, addr))
 }
 
-fn parse_hex(v: &[u8]) -> Option<u64> {
-    if v.len() != 16 {
+/// A cookie value as a server id: exactly 16 hex digits.
+pub fn parse_hex(v: &[u8]) -> Option<u64> {
+    // from_str_radix alone would take a sign: "+" and 15 digits (a
+    // sticky_cookie fuzz finding).
+    if v.len() != 16 || !v.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let s = std::str::from_utf8(v).ok()?;
@@ -117,6 +120,14 @@ impl Sticky {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn server_ids_are_exactly_16_hex_digits() {
+        assert_eq!(parse_hex(b"00112233aabbccdd"), Some(0x0011_2233_aabb_ccdd));
+        assert_eq!(parse_hex(b"+BBBBBBB0BBBBBBB"), None);
+        assert_eq!(parse_hex(b"-0112233aabbccdd"), None);
+        assert_eq!(parse_hex(b"00112233aabbccd"), None);
+    }
 
     #[test]
     fn ids_are_opaque_stable_and_distinct() {

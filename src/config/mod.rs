@@ -133,6 +133,15 @@ pub struct RouteConfig {
     /// Normalised without a trailing slash; "" matches everything.
     pub path_prefix: String,
     pub upstream: String,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `rate_limit = { requests_per_second = N, burst = M }` on a route: per
+/// client IP, a bucket of `burst` requests refilled at `requests_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
 }
 
 /// Load-balancing strategies that this build implements.

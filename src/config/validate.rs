@@ -14,8 +14,8 @@ use super::raw::{
 use super::units::{parse_duration, parse_size};
 use super::{
     AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HashKey, HostMatch,
-    ListenerConfig, ListenerTls, RouteConfig, ServerConfig, StickyConfig, Strategy, UpstreamConfig,
-    UpstreamProtocol, UpstreamTls,
+    ListenerConfig, ListenerTls, RateLimit, RouteConfig, ServerConfig, StickyConfig, Strategy,
+    UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 use crate::server::tls::{load_certified_key, server_config, MinVersion};
 
@@ -118,17 +118,6 @@ impl Ctx<'_> {
                 None
             }
         }
-    }
-
-    fn not_yet(&mut self, span: Range<usize>, key: &str) {
-        self.error(
-            span,
-            key,
-            format!(
-                "`{key}` is not supported by fulcrum {} yet",
-                env!("CARGO_PKG_VERSION")
-            ),
-        );
     }
 }
 
@@ -528,14 +517,83 @@ fn validate_route(
             format!("no upstream named \"{upstream}\" (define [upstream.{upstream}])"),
         );
     }
-    if let Some(rl) = &r.rate_limit {
-        ctx.not_yet(rl.span(), &k("rate_limit"));
-    }
+    let rate_limit = r
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| validate_rate_limit(ctx, rl, &k("rate_limit")));
     RouteConfig {
         listeners,
         host,
         path_prefix,
         upstream,
+        rate_limit,
+    }
+}
+
+/// `{ requests_per_second = N, burst = M }`: N > 0 (fractions allowed, e.g.
+/// 0.5 = one request every 2 s), M a whole number >= 1, default ceil(N).
+fn validate_rate_limit(
+    ctx: &mut Ctx<'_>,
+    rl: &Spanned<toml::Value>,
+    key: &str,
+) -> Option<RateLimit> {
+    const MAX: f64 = 1_000_000.0;
+    let Some(table) = rl.get_ref().as_table() else {
+        ctx.error(
+            rl.span(),
+            key,
+            "must be a table like { requests_per_second = 100, burst = 200 }",
+        );
+        return None;
+    };
+    let mut ok = true;
+    for name in table.keys() {
+        if name != "requests_per_second" && name != "burst" {
+            ctx.error(
+                rl.span(),
+                format!("{key}.{name}"),
+                "unknown key (expected requests_per_second, burst)",
+            );
+            ok = false;
+        }
+    }
+    let rps = match table.get("requests_per_second") {
+        None => {
+            ctx.error(rl.span(), format!("{key}.requests_per_second"), "missing");
+            None
+        }
+        Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+            Some(n) if n > 0.0 && n <= MAX && n.is_finite() => Some(n),
+            _ => {
+                ctx.error(
+                    rl.span(),
+                    format!("{key}.requests_per_second"),
+                    format!("{v} must be a number above 0 and at most 1000000"),
+                );
+                None
+            }
+        },
+    };
+    let burst = match table.get("burst") {
+        None => rps.map(|n| n.ceil() as u32),
+        Some(v) => match v.as_integer() {
+            Some(n) if (1..=MAX as i64).contains(&n) => Some(n as u32),
+            _ => {
+                ctx.error(
+                    rl.span(),
+                    format!("{key}.burst"),
+                    format!("{v} must be a whole number from 1 to 1000000"),
+                );
+                None
+            }
+        },
+    };
+    match (ok, rps, burst) {
+        (true, Some(requests_per_second), Some(burst)) => Some(RateLimit {
+            requests_per_second,
+            burst,
+        }),
+        _ => None,
     }
 }
 
@@ -970,6 +1028,54 @@ upstream = "api"
 strategy = "weighted"
 servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
 "#;
+
+    #[test]
+    fn rate_limit_validated_with_line_and_key() {
+        let with = |rl: &str| {
+            GOOD.replace(
+                "upstream = \"api\"\n",
+                &format!("upstream = \"api\"\nrate_limit = {rl}\n"),
+            )
+        };
+        let c = check(&with("{ requests_per_second = 100, burst = 200 }")).unwrap();
+        assert_eq!(
+            c.routes[0].rate_limit,
+            Some(RateLimit {
+                requests_per_second: 100.0,
+                burst: 200
+            })
+        );
+        let c = check(&with("{ requests_per_second = 0.5 }")).unwrap();
+        assert_eq!(
+            c.routes[0].rate_limit,
+            Some(RateLimit {
+                requests_per_second: 0.5,
+                burst: 1
+            })
+        );
+        let s = check(&with("{ requests_per_second = 0, burst = 0, brust = 3 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            s.contains("t.toml:14:14: route[0].rate_limit.brust: unknown key"),
+            "{s}"
+        );
+        assert!(
+            s.contains("route[0].rate_limit.requests_per_second: 0 must be a number above 0"),
+            "{s}"
+        );
+        assert!(
+            s.contains("route[0].rate_limit.burst: 0 must be a whole number"),
+            "{s}"
+        );
+        let s = check(&with("5")).unwrap_err().to_string();
+        assert!(s.contains("route[0].rate_limit: must be a table"), "{s}");
+        let s = check(&with("{ burst = 5 }")).unwrap_err().to_string();
+        assert!(
+            s.contains("route[0].rate_limit.requests_per_second: missing"),
+            "{s}"
+        );
+    }
 
     #[test]
     fn good_config() {

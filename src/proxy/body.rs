@@ -34,6 +34,7 @@ impl BodyFlags {
     const TOO_LARGE: u8 = 1;
     const TIMED_OUT: u8 = 2;
     const STARTED: u8 = 4;
+    const CLIENT_ERROR: u8 = 8;
 
     pub fn too_large(&self) -> bool {
         self.0.load(Ordering::Relaxed) & Self::TOO_LARGE != 0
@@ -44,6 +45,11 @@ impl BodyFlags {
     /// Whether any part of the body was read (then it can't be replayed).
     pub fn started(&self) -> bool {
         self.0.load(Ordering::Relaxed) & Self::STARTED != 0
+    }
+    /// The client's body itself failed (invalid chunking, connection lost):
+    /// the client's fault, never the server's.
+    pub fn client_error(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & Self::CLIENT_ERROR != 0
     }
     fn set(&self, bit: u8) {
         self.0.fetch_or(bit, Ordering::Relaxed);
@@ -128,7 +134,10 @@ impl Body for ReqBody {
                 this.last_progress = Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.flags.set(BodyFlags::CLIENT_ERROR);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 // The timer is armed once and only moved when it fires early,

@@ -19,6 +19,13 @@ pub enum ProxyError {
     BodyTimeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A request framing Fulcrum does not implement (a transfer coding other
+    /// than a single `chunked`), answered 501 like nginx.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    /// Over the route's `rate_limit`; retry after this many seconds.
+    #[error("rate limited")]
+    RateLimited(u64),
     #[error("upstream connect failed")]
     Connect(#[source] std::io::Error),
     #[error("upstream connect timed out")]
@@ -33,6 +40,10 @@ pub enum ProxyError {
     UpstreamReset(#[source] hyper::Error),
     #[error("invalid upstream response")]
     UpstreamProtocol(#[source] hyper::Error),
+    /// A response hyper accepts but a proxy must not forward (framing that
+    /// two parsers could read differently).
+    #[error("invalid upstream response: {0}")]
+    UpstreamFraming(&'static str),
     #[error("listener is draining")]
     Draining,
     #[error("shutting down")]
@@ -51,12 +62,15 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -70,12 +84,16 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTimeout => "request body timeout\n",
             ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::NotImplemented(_) => "not implemented\n",
+            ProxyError::RateLimited(_) => "too many requests\n",
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
             | ProxyError::UpstreamTls(_) => "upstream connect error\n",
             ProxyError::UpstreamReset(_) => "upstream connection reset\n",
-            ProxyError::UpstreamProtocol(_) => "invalid upstream response\n",
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) => {
+                "invalid upstream response\n"
+            }
             ProxyError::ResponseTimeout => "upstream response timeout\n",
             ProxyError::Draining | ProxyError::ShuttingDown => "shutting down\n",
         }
@@ -88,10 +106,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
             | ProxyError::HeadersTooLarge
             | ProxyError::Draining
             | ProxyError::ShuttingDown => true,
             ProxyError::NoRoute
+            | ProxyError::RateLimited(_)
             | ProxyError::NoHealthyUpstream
             | ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
@@ -99,7 +119,8 @@ impl ProxyError {
             | ProxyError::UpstreamTls(_)
             | ProxyError::ResponseTimeout
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamProtocol(_) => false,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamFraming(_) => false,
         }
     }
 
@@ -111,13 +132,17 @@ impl ProxyError {
             ProxyError::UpstreamTls(_) => Some(ErrorKind::Tls),
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => Some(ErrorKind::Timeout),
             ProxyError::UpstreamReset(_) => Some(ErrorKind::Reset),
-            ProxyError::UpstreamProtocol(_) => Some(ErrorKind::Protocol),
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) => {
+                Some(ErrorKind::Protocol)
+            }
             ProxyError::NoRoute
             | ProxyError::NoHealthyUpstream
             | ProxyError::BodyTooLarge
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
+            | ProxyError::RateLimited(_)
             | ProxyError::Draining
             | ProxyError::ShuttingDown => None,
         }

@@ -4,11 +4,14 @@
 //! (`error_response`), and every response carries X-Request-Id.
 
 pub mod body;
+pub mod client_ip;
 pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod ratelimit;
 pub mod upstream_tls;
+pub mod validate;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER, SET_COOKIE,
+    TRANSFER_ENCODING,
+};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -67,16 +73,23 @@ pub async fn handle(
     let active = conn.state.begin();
     let request_id = headers::request_id(req.headers_mut());
     let table = shared.table.load_full();
+    // The one client IP for hashing, rate limiting and logs.
+    let client_ip = match table.listener(&conn.listener) {
+        Some(lt) => {
+            client_ip::effective(conn.client_ip, req.headers(), &lt.settings.trusted_proxies)
+        }
+        None => conn.client_ip,
+    };
     let mut access = table
         .config
         .global
         .access_log
-        .then(|| AccessRecord::begin(started, &conn.listener, conn.client_ip, &req));
+        .then(|| AccessRecord::begin(started, &conn.listener, client_ip, &req));
     let mut served = None;
     let (mut resp, stats) = match table.listener(&conn.listener) {
         None => (error_response(&ProxyError::Draining, &request_id), None),
         Some(lt) => {
-            let route = match check_request(&shared, &lt.settings, &req) {
+            let route = match check_request(&shared, &conn, &lt.settings, &req) {
                 Err(e) => Err(e),
                 Ok(()) => lt
                     .route(request_host(&req), req.uri().path())
@@ -85,17 +98,30 @@ pub async fn handle(
             match route {
                 Err(e) => (error_response(&e, &request_id), Some(&lt.no_route)),
                 Ok(route) => {
-                    let r = proxy(
-                        &route.upstream,
-                        &conn,
-                        &lt.settings,
-                        req,
-                        &request_id,
-                        &mut served,
-                    )
-                    .await;
+                    let limited = match &route.rate_limit {
+                        Some(l) => l.check(client_ip).err(),
+                        None => None,
+                    };
+                    let r = match limited {
+                        Some(secs) => {
+                            route.stats.metrics.rate_limited.inc();
+                            Err(ProxyError::RateLimited(secs))
+                        }
+                        None => {
+                            proxy(
+                                &route.upstream,
+                                &conn,
+                                client_ip,
+                                &lt.settings,
+                                req,
+                                &request_id,
+                                &mut served,
+                            )
+                            .await
+                        }
+                    };
                     let resp = r.unwrap_or_else(|e| {
-                        if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) = &e {
+                        if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) = &e {
                             tracing::debug!(upstream = %route.upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream failure");
                         }
                         error_response(&e, &request_id)
@@ -126,9 +152,10 @@ pub async fn handle(
     resp.map(|b| b.with_guard(active).with_access(access))
 }
 
-/// Checks that don't need a route: shutdown, head size.
+/// Checks that don't need a route: shutdown, head size, framing and Host.
 fn check_request(
     shared: &Shared,
+    conn: &ConnInfo,
     settings: &crate::config::ListenerConfig,
     req: &Request<Incoming>,
 ) -> Result<(), ProxyError> {
@@ -139,12 +166,20 @@ fn check_request(
     if head + headers::head_size(req.headers()) > settings.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
     }
-    Ok(())
+    // hyper lets Transfer-Encoding override Content-Length (and closes);
+    // SPEC wants 400 for the pair, seen in the raw head by TimedIo.
+    if req.headers().contains_key(TRANSFER_ENCODING) && conn.state.head_had_content_length() {
+        return Err(ProxyError::BadRequest(
+            "Content-Length with Transfer-Encoding",
+        ));
+    }
+    validate::check(req)
 }
 
 async fn proxy(
     upstream: &Arc<Upstream>,
     conn: &ConnInfo,
+    client_ip: IpAddr,
     settings: &crate::config::ListenerConfig,
     req: Request<Incoming>,
     request_id: &HeaderValue,
@@ -163,7 +198,7 @@ async fn proxy(
     let (mut parts, incoming) = req.into_parts();
     let client_upgrade =
         upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
-    let ctx = upstream.pick_context(&parts, conn.client_ip);
+    let ctx = upstream.pick_context(&parts, client_ip);
     let sticky = upstream.sticky_target(&parts.headers);
     rewrite_request(&mut parts, conn, upgrade);
     let _ = request_id;
@@ -200,6 +235,18 @@ async fn proxy(
             replay.as_ref().map(|_| &rebuild as _);
         match forward::send(server, &upstream.config, req, replay_fn).await {
             Ok((resp, conn1)) => {
+                // hyper lets Transfer-Encoding win over Content-Length in a
+                // response; forwarding the pair would leave the client to
+                // guess. 502, and the connection is dropped, not pooled.
+                if resp.headers().contains_key(TRANSFER_ENCODING)
+                    && resp.headers().contains_key(CONTENT_LENGTH)
+                {
+                    drop((resp, conn1));
+                    let e = ProxyError::UpstreamFraming("Content-Length with Transfer-Encoding");
+                    server.metrics.error(crate::metrics::ErrorKind::Protocol);
+                    passive::record(upstream, server, true);
+                    return Err(e);
+                }
                 let latency = sent_at.elapsed();
                 server
                     .metrics
@@ -290,6 +337,8 @@ fn body_error(flags: &BodyFlags) -> Option<ProxyError> {
         Some(ProxyError::BodyTooLarge)
     } else if flags.timed_out() {
         Some(ProxyError::BodyTimeout)
+    } else if flags.client_error() {
+        Some(ProxyError::BadRequest("invalid request body"))
     } else {
         None
     }
@@ -411,6 +460,9 @@ pub fn error_response(e: &ProxyError, request_id: &HeaderValue) -> Response<Prox
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     if e.closes_connection() {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let ProxyError::RateLimited(secs) = e {
+        h.insert(RETRY_AFTER, HeaderValue::from(*secs));
     }
     resp
 }

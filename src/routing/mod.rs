@@ -17,6 +17,7 @@ use crate::backend::{Registry, RouteStats, ServerState};
 use crate::balance::{key, Balancer, PickContext, Sticky};
 use crate::config::{Config, HostMatch, ListenerConfig, Strategy, UpstreamConfig};
 use crate::health::budget::RetryBudget;
+use crate::proxy::ratelimit::RouteLimiter;
 
 /// One immutable generation of the routing configuration.
 pub struct RoutingTable {
@@ -41,6 +42,8 @@ pub struct Route {
     pub path_prefix: String,
     pub upstream: Arc<Upstream>,
     pub stats: Arc<RouteStats>,
+    /// Per-client-IP limit, shared by every listener the route serves.
+    pub rate_limit: Option<Arc<RouteLimiter>>,
 }
 
 /// An upstream pool as this generation sees it.
@@ -144,6 +147,13 @@ impl RoutingTable {
                             host: r.host.clone(),
                             path_prefix: r.path_prefix.clone(),
                             stats: registry.route_stats(&l.name, &r.upstream),
+                            rate_limit: r.rate_limit.map(|limit| {
+                                let identity = format!(
+                                    "{:?} {:?} {} {}",
+                                    r.listeners, r.host, r.path_prefix, r.upstream
+                                );
+                                registry.route_limiter(&identity, limit)
+                            }),
                             upstream,
                         })
                     })

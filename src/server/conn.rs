@@ -6,6 +6,14 @@
 //! SPEC requires, and distinguishes an idle keep-alive connection (closed
 //! quietly after `idle_timeout`) from a slow request head (408 after
 //! `header_read_timeout`).
+//!
+//! The write side has a stall timeout: a client that stops reading its
+//! response (so the socket stays full and writes make no progress) for
+//! `idle_timeout` gets its connection closed. Its timer is allocated on the
+//! first stall only and re-armed lazily, so a healthy connection pays
+//! nothing. What such a client can pin is bounded by hyper's write buffer
+//! and the socket buffers: the upstream body is read only as fast as it is
+//! written (backpressure).
 
 use std::future::Future;
 use std::io;
@@ -18,11 +26,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::head_scan::HeadScan;
+
 /// Shared between a connection's I/O wrapper and its request handler.
 #[derive(Default)]
 pub struct ConnState {
     active: AtomicU32,
     finished: AtomicU32,
+    /// `finished + 1` as of the request head in which a Content-Length line
+    /// was seen (0: none); see `head_scan`.
+    content_length_head: AtomicU32,
 }
 
 impl ConnState {
@@ -30,6 +43,14 @@ impl ConnState {
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
+    }
+
+    /// Whether the head of the request now being handled had a
+    /// Content-Length line (HTTP/1; hyper hides it when Transfer-Encoding
+    /// is present too).
+    pub fn head_had_content_length(&self) -> bool {
+        self.content_length_head.load(Ordering::Relaxed)
+            == self.finished.load(Ordering::Relaxed).wrapping_add(1)
     }
 
     fn active(&self) -> u32 {
@@ -69,6 +90,12 @@ pub struct TimedIo<S> {
     first_read: bool,
     h2: bool,
     sleep: Pin<Box<Sleep>>,
+    /// When the current run of pending writes began.
+    write_stall: Option<Instant>,
+    write_sleep: Option<Pin<Box<Sleep>>>,
+    scan: HeadScan,
+    /// `finished` when `scan` began its head.
+    scan_epoch: u32,
 }
 
 impl<S> TimedIo<S> {
@@ -91,7 +118,34 @@ impl<S> TimedIo<S> {
             first_read: true,
             h2: false,
             sleep: Box::pin(tokio::time::sleep_until(now + header_timeout)),
+            write_stall: None,
+            write_sleep: None,
+            scan: HeadScan::default(),
+            scan_epoch: 0,
         }
+    }
+
+    /// Write-side bookkeeping: progress clears the stall; a stall longer
+    /// than `idle_timeout` fails the write, which closes the connection.
+    fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if !r.is_pending() {
+            self.write_stall = None;
+            return r;
+        }
+        let deadline = *self.write_stall.get_or_insert_with(Instant::now) + self.idle_timeout;
+        let sleep = self
+            .write_sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading: no write progress within idle_timeout",
+            )));
+        }
+        Poll::Pending
     }
 
     pub fn get_ref(&self) -> &S {
@@ -117,6 +171,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                         this.h2 = got[..n] == H2_PREFACE[..n];
                     }
                     if this.state.active() == 0 && !this.h2 {
+                        let finished = this.state.finished.load(Ordering::Relaxed);
+                        if finished != this.scan_epoch {
+                            this.scan_epoch = finished;
+                            this.scan = HeadScan::default();
+                        }
+                        if !this.scan.done() && this.scan.feed(got) {
+                            this.state
+                                .content_length_head
+                                .store(finished.wrapping_add(1), Ordering::Relaxed);
+                        }
                         if this.phase == Phase::Idle {
                             this.phase = Phase::Head;
                             this.phase_start = Instant::now();
@@ -181,11 +245,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.on_write(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.on_write(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -197,7 +263,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.on_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

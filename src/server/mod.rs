@@ -2,6 +2,7 @@
 //! auto builder, enforce connection limits, drain gracefully.
 
 pub mod conn;
+mod head_scan;
 pub mod proxy_protocol;
 pub mod tls;
 

@@ -868,3 +868,41 @@ pub async fn toggled_backend(name: &'static str) -> (Backend, Arc<std::sync::ato
     .await;
     (b, healthy)
 }
+
+/// Sends raw bytes; returns what came back and whether the server closed
+/// the connection (EOF) within `timeout`.
+pub async fn raw_closed(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(timeout, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// The status code of the first response in `raw` text, if any.
+pub fn status_of(raw: &str) -> Option<u16> {
+    raw.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A backend that reads the whole request body (and its trailers) before
+/// answering; the body of its answer is the body length.
+pub async fn draining_backend() -> Backend {
+    Backend::start(|req: Request<Incoming>| async move {
+        match req.into_body().collect().await {
+            Ok(c) => Response::new(full(c.to_bytes().len().to_string())),
+            Err(_) => Response::new(full("body error")),
+        }
+    })
+    .await
+}

@@ -1,0 +1,157 @@
+//! Per-client-IP request rate limits on routes (`rate_limit`).
+//!
+//! One GCRA limiter (the `governor` crate: a token bucket refilled at
+//! `requests_per_second`, holding at most `burst`) per route, keyed by the
+//! effective client IP. A limiter is owned by the `Registry` by route
+//! identity, so a reload that keeps a route and its limit keeps every
+//! client's bucket; a changed limit starts fresh.
+//!
+//! Memory: a key holds one entry (~50 bytes) only while its bucket is not
+//! full again; every second at most, one request triggers a sweep
+//! (`retain_recent`) on a blocking thread that drops the entries of clients
+//! whose bucket has refilled. The map therefore holds the clients seen
+//! within the last `burst / requests_per_second` seconds (plus one second).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::config::RateLimit;
+
+/// How often, at most, old keys are swept.
+const SWEEP_EVERY_MS: u64 = 1000;
+
+/// A route's limiter.
+pub struct RouteLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    /// The limit this limiter enforces (for reuse across reloads).
+    pub config: RateLimit,
+    started: std::time::Instant,
+    last_sweep_ms: AtomicU64,
+    sweeping: Arc<AtomicBool>,
+}
+
+impl RouteLimiter {
+    pub fn new(config: RateLimit) -> RouteLimiter {
+        let period =
+            Duration::from_secs_f64(1.0 / config.requests_per_second).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .expect("the period is non-zero")
+            .allow_burst(NonZeroU32::new(config.burst.max(1)).expect("burst >= 1"));
+        RouteLimiter {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            config,
+            started: std::time::Instant::now(),
+            last_sweep_ms: AtomicU64::new(0),
+            sweeping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Takes one request from `client`'s bucket. `Err` carries the
+    /// Retry-After in whole seconds (at least 1).
+    pub fn check(self: &Arc<Self>, client: IpAddr) -> Result<(), u64> {
+        self.maybe_sweep();
+        match self.limiter.check_key(&client) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Err((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+            }
+        }
+    }
+
+    /// Clients currently holding state (for tests and the memory bound).
+    pub fn tracked_clients(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Drops the state of clients whose bucket is full again, at most once
+    /// per `SWEEP_EVERY_MS`, off the request's task.
+    fn maybe_sweep(self: &Arc<Self>) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < SWEEP_EVERY_MS
+            || self
+                .last_sweep_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            || self.sweeping.swap(true, Ordering::Acquire)
+        {
+            return;
+        }
+        let this = self.clone();
+        let sweep = move || {
+            this.limiter.retain_recent();
+            this.limiter.shrink_to_fit();
+            this.sweeping.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(sweep);
+            }
+            Err(_) => sweep(),
+        }
+    }
+
+    /// Sweeps now (tests).
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(n.into())
+    }
+
+    #[test]
+    fn burst_then_limited_with_retry_after() {
+        let l = Arc::new(RouteLimiter::new(RateLimit {
+            requests_per_second: 1.0,
+            burst: 3,
+        }));
+        for _ in 0..3 {
+            assert_eq!(l.check(ip(1)), Ok(()));
+        }
+        assert_eq!(l.check(ip(1)), Err(1));
+        // Other clients have their own bucket.
+        assert_eq!(l.check(ip(2)), Ok(()));
+    }
+
+    #[test]
+    fn slow_rate_gives_longer_retry_after() {
+        let l = Arc::new(RouteLimiter::new(RateLimit {
+            requests_per_second: 0.1,
+            burst: 1,
+        }));
+        assert_eq!(l.check(ip(1)), Ok(()));
+        let secs = l.check(ip(1)).unwrap_err();
+        assert!((9..=10).contains(&secs), "{secs}");
+    }
+
+    #[test]
+    fn refilled_clients_are_swept() {
+        let l = Arc::new(RouteLimiter::new(RateLimit {
+            requests_per_second: 1000.0,
+            burst: 1,
+        }));
+        for n in 0..10_000 {
+            let _ = l.check(ip(n));
+        }
+        assert!(l.tracked_clients() >= 9_000);
+        std::thread::sleep(Duration::from_millis(5));
+        l.sweep();
+        assert_eq!(l.tracked_clients(), 0);
+    }
+}
