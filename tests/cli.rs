@@ -175,34 +175,47 @@ fn version_is_the_crate_version() {
 }
 
 #[test]
+#[allow(clippy::zombie_processes)]
 fn demo_serves_round_robin_with_health_checks() {
     use std::io::{BufRead, BufReader, Read, Write};
-    // demo takes a fixed port (admin on port + 1): use one the OS just
-    // handed out; its neighbour is almost always free on a test machine
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(bin())
-        .args(["demo", "--port", &port.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        printed += &line;
-        if line.contains("stop with Ctrl-C") {
-            break;
-        }
-    }
+    // demo takes a fixed port (admin on port + 1): use one the OS just handed
+    // out, and try another if that pair turned out to be taken
+    let (mut child, port, printed) = (0..5)
+        .find_map(|_| {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let mut child = Command::new(bin())
+                .args(["demo", "--port", &port.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut printed = String::new();
+            loop {
+                let mut line = String::new();
+                if out.read_line(&mut line).unwrap() == 0 {
+                    let _ = child.wait();
+                    return None;
+                }
+                printed += &line;
+                if line.contains("stop with Ctrl-C") {
+                    return Some((child, port, printed));
+                }
+            }
+        })
+        .expect("demo started");
     let fetch = |port: u16, path: &str| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // the demo prints before its accept loops are scheduled: allow a moment
+        let mut s = (0..100)
+            .find_map(|_| {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
+                    .ok()
+            })
+            .expect("demo proxy accepts");
         s.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").as_bytes(),
         )
