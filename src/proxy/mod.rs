@@ -108,7 +108,11 @@ pub async fn handle(
                             Err(ProxyError::RateLimited(secs))
                         }
                         None => {
-                            proxy(
+                            // Boxed: the forwarding future is most of a
+                            // request's state (~8 KB); inline, hyper would
+                            // keep a slot that size in every connection,
+                            // idle ones included.
+                            Box::pin(proxy(
                                 &route.upstream,
                                 &conn,
                                 client_ip,
@@ -116,7 +120,7 @@ pub async fn handle(
                                 req,
                                 &request_id,
                                 &mut served,
-                            )
+                            ))
                             .await
                         }
                     };
