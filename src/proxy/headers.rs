@@ -35,31 +35,49 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
+const H_CONNECTION: u8 = 1;
+const H_TRANSFER_ENCODING: u8 = 2;
+const H_TE: u8 = 4;
+const H_TRAILER: u8 = 8;
+const H_UPGRADE: u8 = 16;
+const H_KEEP_ALIVE: u8 = 32;
+const H_PROXY_CONNECTION: u8 = 64;
+
+fn hop_bit(name: &HeaderName) -> u8 {
+    if *name == CONNECTION {
+        H_CONNECTION
+    } else if *name == TRANSFER_ENCODING {
+        H_TRANSFER_ENCODING
+    } else if *name == TE {
+        H_TE
+    } else if *name == TRAILER {
+        H_TRAILER
+    } else if *name == UPGRADE {
+        H_UPGRADE
+    } else if *name == KEEP_ALIVE {
+        H_KEEP_ALIVE
+    } else if *name == PROXY_CONNECTION {
+        H_PROXY_CONNECTION
+    } else {
+        0
+    }
+}
+
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` and
 /// `Connection: upgrade` survive so the upgrade can be tunnelled.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast pass: most messages carry none, or only `connection: keep-alive`.
-    let mut any = false;
-    for name in headers.keys() {
-        if *name == CONNECTION
-            || *name == TRANSFER_ENCODING
-            || *name == TE
-            || *name == TRAILER
-            || *name == UPGRADE
-            || *name == KEEP_ALIVE
-            || *name == PROXY_CONNECTION
-        {
-            any = true;
-            break;
-        }
-    }
-    if !any {
+    // One pass over the names notes which are present, so only those are
+    // looked up again (each lookup hashes): most messages carry none, or
+    // only `connection: keep-alive`.
+    let present = headers.keys().fold(0u8, |p, n| p | hop_bit(n));
+    if present == 0 {
         return;
     }
-    // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(CONNECTION) {
-        if let Ok(s) = v.to_str() {
+    if present & H_CONNECTION != 0 {
+        // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(CONNECTION) {
+            let Ok(s) = v.to_str() else { continue };
             for t in s.split(',') {
                 let t = t.trim();
                 if t.is_empty()
@@ -76,40 +94,51 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 }
             }
         }
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(CONNECTION);
     }
-    for n in named {
-        headers.remove(n);
+    if present & H_KEEP_ALIVE != 0 {
+        headers.remove(&KEEP_ALIVE);
     }
-    headers.remove(CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(TRAILER);
-    if let Some(te) = headers.get(TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(TE);
+    if present & H_PROXY_CONNECTION != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & H_TRANSFER_ENCODING != 0 {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if present & H_TRAILER != 0 {
+        headers.remove(TRAILER);
+    }
+    if present & H_TE != 0 {
+        if let Some(te) = headers.get(TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(TE);
+            }
         }
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & H_UPGRADE != 0 {
         headers.remove(UPGRADE);
     }
 }
 
 /// Appends `client` to X-Forwarded-For.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    match headers.get(&X_FORWARDED_FOR) {
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), client.clone());
+    match headers.entry(&X_FORWARDED_FOR) {
+        http::header::Entry::Vacant(e) => {
+            e.insert(client.clone());
         }
-        Some(prev) => {
+        http::header::Entry::Occupied(mut e) => {
+            let prev = e.get();
             let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
             v.extend_from_slice(client.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&v) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
+                e.insert(v);
             }
         }
     }
@@ -117,14 +146,18 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
 
 /// The request's X-Request-Id, or a new one inserted into `headers`.
 pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 {
-            return v.clone();
+    match headers.entry(&X_REQUEST_ID) {
+        http::header::Entry::Occupied(mut e) => {
+            let v = e.get();
+            if !v.is_empty() && v.len() <= 200 {
+                return v.clone();
+            }
+            let id = new_request_id();
+            e.insert(id.clone());
+            id
         }
+        http::header::Entry::Vacant(e) => e.insert(new_request_id()).clone(),
     }
-    let id = new_request_id();
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
 }
 
 /// A process-unique id: a random per-process prefix and a counter, as hex.

@@ -371,18 +371,17 @@ fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: b
             PROTO_HTTP.clone()
         },
     );
-    let host = match h.get(HOST) {
-        Some(v) => Some(v.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    if let Some(host) = host {
-        if !h.contains_key(HOST) {
-            h.insert(HOST, host.clone());
+    match h.get(HOST).cloned() {
+        Some(host) => {
+            h.insert(X_FORWARDED_HOST.clone(), host);
         }
-        h.insert(X_FORWARDED_HOST.clone(), host);
+        None => {
+            let authority = parts.uri.authority();
+            if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                h.insert(HOST, host.clone());
+                h.insert(X_FORWARDED_HOST.clone(), host);
+            }
+        }
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let pq = parts
