@@ -77,6 +77,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
         let mut named: Vec<HeaderName> = Vec::new();
         for v in headers.get_all(CONNECTION) {
+            let b = v.as_bytes();
+            if b.eq_ignore_ascii_case(b"keep-alive") || b.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
             let Ok(s) = v.to_str() else { continue };
             for t in s.split(',') {
                 let t = t.trim();

@@ -39,6 +39,9 @@ pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::BadRequest("more than one Host"));
     }
     let host = match host {
+        // The common case, a plain name or IPv4 address with an optional
+        // port, needs no Authority parse unless it is compared below.
+        Some(v) if req.uri().authority().is_none() && is_plain_host(v.as_bytes()) => None,
         Some(v) => Some(
             Authority::try_from(v.as_bytes())
                 .ok()
@@ -64,6 +67,24 @@ pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// `name[:port]` with name made of letters, digits, `-` and `.` and a port
+/// of 1 to 5 digits: valid for `Authority` too, so it can skip the parse.
+fn is_plain_host(b: &[u8]) -> bool {
+    let (name, port) = match b.iter().position(|&c| c == b':') {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        && port.is_none_or(|p| {
+            (1..=5).contains(&p.len())
+                && p.iter().all(u8::is_ascii_digit)
+                && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+        })
 }
 
 #[cfg(test)]
@@ -127,5 +148,34 @@ mod tests {
             status(check(&req(v, "http://a:81/", &[("host", "a")]))),
             400
         );
+    }
+
+    #[test]
+    fn plain_host_fast_path_agrees_with_authority() {
+        for h in [
+            "a",
+            "a.b-c.example",
+            "10.0.0.1",
+            "a:1",
+            "a:65535",
+            "a:65536",
+            "a:",
+            ":80",
+            "a:8o",
+            "a:123456",
+            "a b",
+            "u@a",
+            "[::1]:80",
+            "a_b",
+            "-a.",
+            "A.B:080",
+        ] {
+            if is_plain_host(h.as_bytes()) {
+                let a = Authority::try_from(h.as_bytes()).expect(h);
+                assert!(!a.host().is_empty() && !a.as_str().contains('@'), "{h}");
+            }
+        }
+        assert!(is_plain_host(b"example.com:8080"));
+        assert!(!is_plain_host(b"a:65536"));
     }
 }

@@ -17,17 +17,27 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 fn strip_port(h: &str) -> &str {
-    let h = if let Some(rest) = h.strip_prefix('[') {
+    if let Some(rest) = h.strip_prefix('[') {
         // IPv6 literal: keep the brackets' content
         return rest.split(']').next().unwrap_or(rest);
+    }
+    // Byte loops rather than `rfind`/`rsplit`: this runs on every request.
+    let b = h.as_bytes();
+    let mut end = b.len();
+    while end > 0 && b[end - 1].is_ascii_digit() {
+        end -= 1;
+    }
+    let end = if end > 0 && b[end - 1] == b':' {
+        end - 1
     } else {
-        match h.rfind(':') {
-            Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
-            _ => h,
-        }
+        b.len()
     };
     // userinfo@host is not valid in Host, but tolerate it in absolute-form
-    let h = h.rsplit('@').next().unwrap_or(h);
+    let start = b[..end]
+        .iter()
+        .rposition(|&c| c == b'@')
+        .map_or(0, |i| i + 1);
+    let h = &h[start..end];
     h.strip_suffix('.').unwrap_or(h)
 }
 
