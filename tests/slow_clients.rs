@@ -2,7 +2,8 @@
 //! 408 at their timeouts, a client that never reads its response is cut at
 //! the write-stall timeout with memory bounded, 10,000 idle connections are
 //! held while the admin endpoints and honest clients are served, and
-//! `max_connections` / `max_connections_per_client` behave as SPEC says.
+//! `max_connections` / `max_connections_per_client` behave as SPEC says, and a
+//! client that half-closes after its request still gets the response.
 
 mod common;
 use common::*;
@@ -296,4 +297,44 @@ async fn max_connections_queues_and_per_client_limit_rejects() {
     })
     .await;
     honest(&f).await;
+}
+
+#[tokio::test]
+async fn a_half_closed_client_still_gets_its_response() {
+    // The backend answers only once the client has shut its write side, so
+    // the FIN is certain to arrive while the request is in flight.
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<()>();
+    let got_tx = Arc::new(std::sync::Mutex::new(Some(got_tx)));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let b = {
+        let release = release.clone();
+        Backend::start(move |_req| {
+            let got_tx = got_tx.clone();
+            let release = release.clone();
+            async move {
+                let released = release.notified();
+                if let Some(tx) = got_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                released.await;
+                hyper::Response::new(full("after the half-close"))
+            }
+        })
+        .await
+    };
+    let f = Fulcrum::start(&cfg("", &route(&b)));
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    got_rx.await.unwrap();
+    s.shutdown().await.unwrap();
+    release.notify_one();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("response within 10 s")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("after the half-close"), "{out}");
 }

@@ -324,6 +324,12 @@ fn http_builder(s: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         // Our TimedIo enforces header and idle timeouts and answers 408.
         .header_read_timeout(None)
         .max_buf_size(s.max_header_bytes.max(8192))
+        // A client may shut its write side after the request and still get
+        // the response (RFC 9112 §9.6), as with HAProxy without
+        // `abortonclose`. It also spares hyper a read while the request is
+        // in flight, which costs a fresh 8 KiB buffer per request (the old
+        // one is still shared with the request head).
+        .half_close(true)
         .writev(false);
     b.http2()
         .timer(TokioTimer::new())
