@@ -190,7 +190,11 @@ pub fn new_request_id() -> HeaderValue {
     for i in 0..16 {
         buf[17 + i] = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    // One allocation that holds the bytes and is shared by clones (the id
+    // goes on the request and on the response); `from_bytes` would copy
+    // into a buffer whose first clone allocates again.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .expect("hex is a valid header value")
 }
 
 /// Sum of the request head's header bytes, as HTTP/1 would send them.
