@@ -168,6 +168,73 @@ async fn request_body_streams_before_client_finishes() {
     assert_eq!(r.text(), "part1;part2");
 }
 
+/// Writes its first write in two pieces (the h2 preface split mid-way), so
+/// the listener may see too few bytes to tell HTTP/2 from HTTP/1.
+struct SplitFirstWrite {
+    inner: tokio::net::TcpStream,
+    split: bool,
+}
+
+impl tokio::io::AsyncRead for SplitFirstWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SplitFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = if self.split {
+            buf.len()
+        } else {
+            buf.len().min(7)
+        };
+        self.split = true;
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn h2c_with_the_preface_split_across_writes() {
+    let b = Backend::named("split").await;
+    let f = Fulcrum::start(&config(&format!(
+        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
+        servers(&[&b])
+    )));
+    let inner = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    inner.set_nodelay(true).unwrap();
+    let mut sender = h2_client(SplitFirstWrite {
+        inner,
+        split: false,
+    })
+    .await;
+    let req = Request::get("http://h2.example.com/")
+        .body(full(""))
+        .unwrap();
+    let r = collect(sender.send_request(req).await.unwrap()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "split");
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge_client() {
     let b = Backend::named("via-h2c").await;

@@ -1,5 +1,5 @@
-//! Client-facing listeners: bind, accept, serve HTTP/1.1 and h2c with hyper's
-//! auto builder, enforce connection limits, drain gracefully.
+//! Client-facing listeners: bind, accept, serve HTTP/1.1 and h2c (or h2 by
+//! ALPN), enforce connection limits, drain gracefully.
 
 pub mod conn;
 mod head_scan;
@@ -184,6 +184,7 @@ async fn accept_loop(
             handshake_errors: handshake_errors.clone(),
             drain: graceful.watcher(),
             watcher: graceful.watcher(),
+            stop: stop.clone(),
         };
         let active_gauge = active_gauge.clone();
         active_gauge.inc();
@@ -213,6 +214,9 @@ struct Conn {
     handshake_errors: prometheus::IntCounter,
     drain: Watcher,
     watcher: Watcher,
+    /// The listener's stop signal: HTTP/1 connections begin their graceful
+    /// shutdown on it (hyper-util's `Watcher` does this for the others).
+    stop: watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -274,11 +278,46 @@ impl Conn {
         });
         let shared = self.shared;
         match tls_config {
-            None => serve(stream, &settings, shared, info, self.watcher).await,
+            None => {
+                let proto = match stream.prefix() {
+                    [] => match sniff(stream.get_ref(), settings.header_read_timeout).await {
+                        Some(p) => p,
+                        // Silent past header_read_timeout, or closed: quietly.
+                        None => return,
+                    },
+                    first => Proto::of(first),
+                };
+                serve(
+                    stream,
+                    proto,
+                    &settings,
+                    shared,
+                    info,
+                    self.watcher,
+                    self.stop,
+                )
+                .await
+            }
             // The handshake runs in the connection's task, bounded by
             // header_read_timeout, so a slow client never stalls accept().
             Some(cfg) => match tls::accept(cfg, stream, settings.header_read_timeout).await {
-                Ok(stream) => serve(stream, &settings, shared, info, self.watcher).await,
+                Ok(stream) => {
+                    let proto = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Proto::H2,
+                        Some(b"http/1.1") => Proto::H1,
+                        _ => Proto::Detect,
+                    };
+                    serve(
+                        stream,
+                        proto,
+                        &settings,
+                        shared,
+                        info,
+                        self.watcher,
+                        self.stop,
+                    )
+                    .await
+                }
                 Err(e) => {
                     self.handshake_errors.inc();
                     tracing::debug!(listener = %info.listener, client = %info.client_ip, error = %e, "TLS handshake failed");
@@ -288,15 +327,90 @@ impl Conn {
     }
 }
 
+/// Which HTTP a connection speaks. Decided before hyper sees the bytes
+/// (peeked, or by ALPN) so that hyper reads the first request whole:
+/// hyper-util's auto-detection hands its first 24 bytes back as a short
+/// read, which doubles every connection's read buffer to 16 KiB. `Detect`
+/// (a first segment too short to tell, TLS without ALPN) falls back to it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Proto {
+    H1,
+    H2,
+    Detect,
+}
+
+impl Proto {
+    fn of(first: &[u8]) -> Proto {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let n = first.len().min(PREFACE.len());
+        if first[..n] != PREFACE[..n] {
+            Proto::H1
+        } else if n == PREFACE.len() {
+            Proto::H2
+        } else {
+            Proto::Detect
+        }
+    }
+}
+
+/// Peeks at the first bytes without consuming them; `None` when the peer
+/// sends nothing within `timeout` or closes.
+async fn sniff(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
+    let mut buf = [0u8; 24];
+    match tokio::time::timeout(timeout, stream.peek(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(Proto::of(&buf[..n])),
+        _ => None,
+    }
+}
+
+/// HTTP/1 settings, for hyper's builder and hyper-util's alike.
+macro_rules! http1_settings {
+    ($b:expr, $s:expr) => {
+        $b.timer(TokioTimer::new())
+            // Our TimedIo enforces header and idle timeouts and answers 408.
+            .header_read_timeout(None)
+            .max_buf_size($s.max_header_bytes.max(8192))
+            // A client may shut its write side after the request and still
+            // get the response (RFC 9112 §9.6), as with HAProxy without
+            // `abortonclose`. It also spares hyper a read while the request
+            // is in flight, which costs a fresh 8 KiB buffer per request
+            // (the old one is still shared with the request head).
+            .half_close(true)
+            .writev(false)
+    };
+}
+
+/// HTTP/2 settings, for hyper's builder and hyper-util's alike.
+macro_rules! http2_settings {
+    ($b:expr, $s:expr) => {
+        $b.timer(TokioTimer::new())
+            // Flood limits (Rapid Reset CVE-2023-44487, CONTINUATION floods):
+            // bounded streams, header list, pending and locally caused resets.
+            .max_concurrent_streams(100)
+            .max_header_list_size($s.max_header_bytes as u32)
+            .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(256))
+            // Bounded per-stream and per-connection buffering.
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .max_send_buf_size(256 * 1024)
+            .max_frame_size(16 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+    };
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on one accepted (and possibly decrypted)
 /// connection. `TimedIo` wraps the plain-text stream, so its 408 is written
 /// through TLS like any other response.
 async fn serve<S>(
     stream: S,
+    proto: Proto,
     settings: &ListenerConfig,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -306,45 +420,65 @@ async fn serve<S>(
         settings.header_read_timeout,
         settings.idle_timeout,
     ));
-    let builder = http_builder(settings);
     let svc = service_fn(move |req| {
         let fut = proxy::handle(shared.clone(), info.clone(), req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let result = match proto {
+        Proto::H1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            http1_settings!(b, settings);
+            let conn = b.serve_connection(io, svc).with_upgrades();
+            tokio::pin!(conn);
+            // hyper-util's Watcher takes no HTTP/1 upgradeable connection:
+            // the same graceful shutdown, driven by the listener's stop.
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            drop(watcher);
+            r.map_err(Into::into)
+        }
+        Proto::H2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2_settings!(b, settings);
+            watcher
+                .watch(b.serve_connection(io, svc))
+                .await
+                .map_err(Into::into)
+        }
+        Proto::Detect => {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            http1_settings!(b.http1(), settings);
+            http2_settings!(b.http2(), settings);
+            let conn = b.serve_connection_with_upgrades(io, svc).into_owned();
+            watcher.watch(conn).await
+        }
+    };
+    if let Err(e) = result {
         tracing::trace!(error = %e, "client connection ended with error");
     }
 }
 
-fn http_builder(s: &ListenerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        // Our TimedIo enforces header and idle timeouts and answers 408.
-        .header_read_timeout(None)
-        .max_buf_size(s.max_header_bytes.max(8192))
-        // A client may shut its write side after the request and still get
-        // the response (RFC 9112 §9.6), as with HAProxy without
-        // `abortonclose`. It also spares hyper a read while the request is
-        // in flight, which costs a fresh 8 KiB buffer per request (the old
-        // one is still shared with the request head).
-        .half_close(true)
-        .writev(false);
-    b.http2()
-        .timer(TokioTimer::new())
-        // Flood limits (Rapid Reset CVE-2023-44487, CONTINUATION floods):
-        // bounded streams, header list, pending and locally caused resets.
-        .max_concurrent_streams(100)
-        .max_header_list_size(s.max_header_bytes as u32)
-        .max_pending_accept_reset_streams(Some(50))
-        .max_local_error_reset_streams(Some(256))
-        // Bounded per-stream and per-connection buffering.
-        .initial_stream_window_size(256 * 1024)
-        .initial_connection_window_size(1024 * 1024)
-        .max_send_buf_size(256 * 1024)
-        .max_frame_size(16 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    b
+#[cfg(test)]
+mod tests {
+    use super::Proto;
+
+    #[test]
+    fn protocol_from_the_first_bytes() {
+        assert_eq!(Proto::of(b"GET / HTTP/1.1\r\n"), Proto::H1);
+        assert_eq!(Proto::of(b"POST / HTTP/1.1\r\n"), Proto::H1);
+        assert_eq!(Proto::of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Proto::H2);
+        assert_eq!(
+            Proto::of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Proto::H2
+        );
+        // Too short to tell: hyper-util's detection reads on.
+        assert_eq!(Proto::of(b"P"), Proto::Detect);
+        assert_eq!(Proto::of(b"PRI * HTTP/2.0\r\n"), Proto::Detect);
+        assert_eq!(Proto::of(b"PRIX"), Proto::H1);
+    }
 }

@@ -149,6 +149,15 @@ impl<S> PrefixedIo<S> {
     pub fn plain(inner: S) -> Self {
         PrefixedIo::new(Bytes::new(), inner)
     }
+
+    /// The bytes still to be handed out before `inner`'s.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
@@ -161,6 +170,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            // Fill the rest from `inner` when it has bytes ready, so the
+            // reader gets its first message whole rather than a short read
+            // (hyper would grow its buffer for the remainder).
+            if self.prefix.is_empty() && buf.remaining() > 0 {
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
