@@ -118,7 +118,6 @@ pub async fn handle(
                                 client_ip,
                                 &lt.settings,
                                 req,
-                                &request_id,
                                 &mut served,
                             ))
                             .await
@@ -186,7 +185,6 @@ async fn proxy(
     client_ip: IpAddr,
     settings: &crate::config::ListenerConfig,
     req: Request<Incoming>,
-    request_id: &HeaderValue,
     served: &mut Option<std::net::SocketAddr>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if let (Some(limit), Some(len)) = (settings.max_request_body, content_length(&req)) {
@@ -205,7 +203,6 @@ async fn proxy(
     let ctx = upstream.pick_context(&parts, client_ip);
     let sticky = upstream.sticky_target(&parts.headers);
     rewrite_request(&mut parts, conn, upgrade);
-    let _ = request_id;
     // A bodiless idempotent request can be replayed on another server if the
     // first one resets or times out before answering; keep its head for that.
     let replay = (hyper::body::Body::is_end_stream(&incoming) && is_idempotent(&parts.method))
