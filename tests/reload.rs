@@ -417,3 +417,40 @@ async fn sigterm_lets_in_flight_finish_refuses_new_and_exits_0() {
     assert_eq!(code, Some(0));
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_a_silent_new_connection_at_once() {
+    let b = Backend::named("b").await;
+    // Long enough that waiting for either would fail the time bound below.
+    let f = Fulcrum::start(
+        &cfg(&[&b], "")
+            .replace(
+                "[[listener]]",
+                "[global]\nshutdown_timeout = \"30s\"\n\n[[listener]]",
+            )
+            .replace(
+                "listen = \"127.0.0.1:0\"\n\n[[route]]",
+                "listen = \"127.0.0.1:0\"\nheader_read_timeout = \"30s\"\n\n[[route]]",
+            ),
+    );
+    let mut silent = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    wait_metric(
+        &f,
+        "fulcrum_connections_active",
+        &[("listener", "web")],
+        |v| v == 1.0,
+    )
+    .await;
+    let started = Instant::now();
+    f.signal("TERM");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the silent connection is closed by the drain")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let mut f = f;
+    let code = tokio::task::block_in_place(|| f.terminate_wait());
+    assert_eq!(code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

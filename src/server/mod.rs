@@ -279,11 +279,16 @@ impl Conn {
         let shared = self.shared;
         match tls_config {
             None => {
+                let mut stop = self.stop.clone();
                 let proto = match stream.prefix() {
-                    [] => match sniff(stream.get_ref(), settings.header_read_timeout).await {
-                        Some(p) => p,
-                        // Silent past header_read_timeout, or closed: quietly.
-                        None => return,
+                    [] => tokio::select! {
+                        p = sniff(stream.get_ref(), settings.header_read_timeout) => match p {
+                            Some(p) => p,
+                            // Silent past header_read_timeout, or closed: quietly.
+                            None => return,
+                        },
+                        // Nothing sent yet: a drain closes it at once.
+                        _ = stop.changed() => return,
                     },
                     first => Proto::of(first),
                 };
