@@ -67,7 +67,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
 
 #[derive(Clone, Copy, PartialEq, Eq)]

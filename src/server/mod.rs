@@ -24,7 +24,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::ListenerConfig;
 use crate::proxy::{self, ConnInfo, Shared};
-use conn::{ConnState, TimedIo};
+use conn::{ConnState, TimedIo, H2_PREFACE};
 use proxy_protocol::PrefixedIo;
 
 /// Binds a listening socket. Done before anything is started or swapped, so a
@@ -276,10 +276,15 @@ impl Conn {
             state: Arc::new(ConnState::default()),
             drain: std::sync::Mutex::new(Some(self.drain)),
         });
-        let shared = self.shared;
+        let serving = Serving {
+            shared: self.shared,
+            info,
+            watcher: self.watcher,
+            stop: self.stop,
+        };
         match tls_config {
             None => {
-                let mut stop = self.stop.clone();
+                let mut stop = serving.stop.clone();
                 let proto = match stream.prefix() {
                     [] => tokio::select! {
                         p = sniff(stream.get_ref(), settings.header_read_timeout) => match p {
@@ -292,16 +297,7 @@ impl Conn {
                     },
                     first => Proto::of(first),
                 };
-                serve(
-                    stream,
-                    proto,
-                    &settings,
-                    shared,
-                    info,
-                    self.watcher,
-                    self.stop,
-                )
-                .await
+                serve(stream, proto, &settings, serving).await
             }
             // The handshake runs in the connection's task, bounded by
             // header_read_timeout, so a slow client never stalls accept().
@@ -312,24 +308,25 @@ impl Conn {
                         Some(b"http/1.1") => Proto::H1,
                         _ => Proto::Detect,
                     };
-                    serve(
-                        stream,
-                        proto,
-                        &settings,
-                        shared,
-                        info,
-                        self.watcher,
-                        self.stop,
-                    )
-                    .await
+                    serve(stream, proto, &settings, serving).await
                 }
                 Err(e) => {
                     self.handshake_errors.inc();
+                    let info = &serving.info;
                     tracing::debug!(listener = %info.listener, client = %info.client_ip, error = %e, "TLS handshake failed");
                 }
             },
         }
     }
+}
+
+/// What serving one connection needs besides its stream and settings.
+struct Serving {
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    /// Keeps the listener's drain waiting for this connection.
+    watcher: Watcher,
+    stop: watch::Receiver<bool>,
 }
 
 /// Which HTTP a connection speaks. Decided before hyper sees the bytes
@@ -346,11 +343,10 @@ enum Proto {
 
 impl Proto {
     fn of(first: &[u8]) -> Proto {
-        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-        let n = first.len().min(PREFACE.len());
-        if first[..n] != PREFACE[..n] {
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] {
             Proto::H1
-        } else if n == PREFACE.len() {
+        } else if n == H2_PREFACE.len() {
             Proto::H2
         } else {
             Proto::Detect
@@ -408,17 +404,16 @@ macro_rules! http2_settings {
 /// Serves HTTP/1.1 and HTTP/2 on one accepted (and possibly decrypted)
 /// connection. `TimedIo` wraps the plain-text stream, so its 408 is written
 /// through TLS like any other response.
-async fn serve<S>(
-    stream: S,
-    proto: Proto,
-    settings: &ListenerConfig,
-    shared: Arc<Shared>,
-    info: Arc<ConnInfo>,
-    watcher: Watcher,
-    mut stop: watch::Receiver<bool>,
-) where
+async fn serve<S>(stream: S, proto: Proto, settings: &ListenerConfig, serving: Serving)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Serving {
+        shared,
+        info,
+        watcher,
+        mut stop,
+    } = serving;
     let io = TokioIo::new(TimedIo::new(
         stream,
         info.state.clone(),
