@@ -208,14 +208,8 @@ fn demo_serves_round_robin_with_health_checks() {
         })
         .expect("demo started");
     let fetch = |port: u16, path: &str| {
-        // the demo prints before its accept loops are scheduled: allow a moment
-        let mut s = (0..100)
-            .find_map(|_| {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
-                    .ok()
-            })
-            .expect("demo proxy accepts");
+        // the demo prints once its listeners are bound: connect at once
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").as_bytes(),
         )
