@@ -56,8 +56,13 @@ fn pool(cfg: &UpstreamConfig, down: &HashSet<usize>) -> Pool {
         .iter()
         .map(|s| reg.server(&cfg.name, s.address, true))
         .collect();
+    // Every peak-EWMA estimate starts from the same seed at the same instant:
+    // seeds stamped a millisecond apart (creation order, a loaded machine)
+    // would otherwise break peak-ewma's ties towards the older server.
+    let now = super::clock_ms() as u32;
     for (i, s) in servers.iter().enumerate() {
         s.set_checked_down(down.contains(&i));
+        s.ewma.observe_at(super::ewma::SEED, now);
     }
     let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
     let up = up_idx.iter().map(|i| servers[*i].clone()).collect();
