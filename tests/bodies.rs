@@ -41,10 +41,7 @@ async fn echo_backend() -> Backend {
 #[tokio::test]
 async fn ten_mib_both_ways_intact_with_length_and_chunked() {
     let b = echo_backend().await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let data = pattern(10 << 20);
     let mut c = Client::connect(f.addr("web")).await;
     // with Content-Length
@@ -100,10 +97,7 @@ async fn response_streams_before_backend_finishes() {
         }
     })
     .await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let mut c = Client::connect(f.addr("web")).await;
     let req = Request::get("/")
         .header("host", "x")
@@ -145,10 +139,7 @@ async fn request_body_streams_before_client_finishes() {
         }
     })
     .await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let mut c = Client::connect(f.addr("web")).await;
     let (tx, rx) = mpsc::channel(1);
     let req = Request::post("/")
@@ -216,10 +207,7 @@ impl tokio::io::AsyncWrite for SplitFirstWrite {
 #[tokio::test]
 async fn h2c_with_the_preface_split_across_writes() {
     let b = Backend::named("split").await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let inner = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
     inner.set_nodelay(true).unwrap();
     let mut sender = h2_client(SplitFirstWrite {
@@ -238,10 +226,7 @@ async fn h2c_with_the_preface_split_across_writes() {
 #[tokio::test]
 async fn h2c_prior_knowledge_client() {
     let b = Backend::named("via-h2c").await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let stream = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

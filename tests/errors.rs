@@ -25,16 +25,10 @@ async fn payload_too_large_by_length_and_while_streaming() {
         Response::new(full(n.to_string()))
     })
     .await;
-    let f = Fulcrum::start(
-        &config(&format!(
-            "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-            servers(&[&b])
-        ))
-        .replace(
-            "listen = \"127.0.0.1:0\"\n\n[[route]]",
-            "listen = \"127.0.0.1:0\"\nmax_request_body = \"1KiB\"\n\n[[route]]",
-        ),
-    );
+    let f = Fulcrum::start(&one_route(&[&b]).replace(
+        "listen = \"127.0.0.1:0\"\n\n[[route]]",
+        "listen = \"127.0.0.1:0\"\nmax_request_body = \"1KiB\"\n\n[[route]]",
+    ));
     let mut c = Client::connect(f.addr("web")).await;
     let ok = c
         .send(
@@ -76,16 +70,10 @@ async fn payload_too_large_by_length_and_while_streaming() {
 #[tokio::test]
 async fn header_fields_too_large() {
     let b = Backend::named("ok").await;
-    let f = Fulcrum::start(
-        &config(&format!(
-            "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-            servers(&[&b])
-        ))
-        .replace(
-            "listen = \"127.0.0.1:0\"\n\n[[route]]",
-            "listen = \"127.0.0.1:0\"\nmax_header_bytes = 2048\n\n[[route]]",
-        ),
-    );
+    let f = Fulcrum::start(&one_route(&[&b]).replace(
+        "listen = \"127.0.0.1:0\"\n\n[[route]]",
+        "listen = \"127.0.0.1:0\"\nmax_header_bytes = 2048\n\n[[route]]",
+    ));
     // over our limit but under hyper's minimum buffer: our check answers
     let big = "v".repeat(3000);
     let r = collect(
@@ -125,7 +113,7 @@ async fn request_timeout_for_slow_head_and_stalled_body() {
         Response::new(full("ok"))
     })
     .await;
-    let f = Fulcrum::start(&config(&format!("[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n", servers(&[&b])))
+    let f = Fulcrum::start(&one_route(&[&b])
         .replace("listen = \"127.0.0.1:0\"\n\n[[route]]", "listen = \"127.0.0.1:0\"\nheader_read_timeout = \"400ms\"\nbody_read_timeout = \"400ms\"\nidle_timeout = \"700ms\"\n\n[[route]]"));
     // slow head: part of it, then nothing
     let started = Instant::now();
@@ -230,10 +218,7 @@ async fn gateway_timeout_when_response_is_slow() {
 #[tokio::test]
 async fn malformed_request_gets_400_and_close() {
     let b = Backend::named("ok").await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let resp = raw(
         f.addr("web"),
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",

@@ -110,10 +110,7 @@ impl H2 {
 
 async fn setup(delay: Duration) -> (Backend, Fulcrum) {
     let b = slow_backend("ok", delay).await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     (b, f)
 }
 

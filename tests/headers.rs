@@ -18,10 +18,7 @@ async fn forwarded_headers_request_id_and_host() {
             .unwrap()
     })
     .await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let mut c = Client::connect(f.addr("web")).await;
 
     // 1. no incoming ids or forwarding headers

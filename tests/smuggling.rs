@@ -177,10 +177,7 @@ async fn trailers_never_carry_framing_or_host_upstream() {
         http::Response::new(full(names.join(",")))
     })
     .await;
-    let f = Fulcrum::start(&config(&format!(
-        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
-        servers(&[&b])
-    )));
+    let f = Fulcrum::start(&one_route(&[&b]));
     let req = "POST / HTTP/1.1\r\nHost: a\r\nTrailer: Content-Length, Host, TE, X-Ok\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nContent-Length: 100\r\nHost: evil\r\nTE: gzip\r\nX-Ok: 1\r\n\r\n";
     let (out, _) = raw_closed(f.addr("web"), req.as_bytes(), T).await;
     assert_eq!(status_of(&out), Some(200), "{out:?}");

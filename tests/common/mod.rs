@@ -376,6 +376,14 @@ pub fn config(rest: &str) -> String {
     )
 }
 
+/// `config` with one catch-all route to upstream `u` over `backends`.
+pub fn one_route(backends: &[&Backend]) -> String {
+    config(&format!(
+        "[[route]]\nupstream = \"u\"\n[upstream.u]\n{}\n",
+        servers(backends)
+    ))
+}
+
 /// `servers = [...]` for the given backends.
 pub fn servers(backends: &[&Backend]) -> String {
     let s: Vec<String> = backends
