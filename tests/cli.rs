@@ -178,14 +178,23 @@ fn version_is_the_crate_version() {
 #[allow(clippy::zombie_processes)]
 fn demo_serves_round_robin_with_health_checks() {
     use std::io::{BufRead, BufReader, Read, Write};
-    // demo takes a fixed port (admin on port + 1): use one the OS just handed
-    // out, and try another if that pair turned out to be taken
+    // demo takes a fixed port (admin on port + 1): find a pair that binds
+    // now (after a full test run, port + 1 is often a client's TIME_WAIT),
+    // and try another if it was taken in between
+    let free_pair = || {
+        (0..200)
+            .find_map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = l.local_addr().unwrap().port();
+                let next = port.checked_add(1)?;
+                std::net::TcpListener::bind(("127.0.0.1", next)).ok()?;
+                Some(port)
+            })
+            .expect("a free port pair")
+    };
     let (mut child, port, printed) = (0..5)
         .find_map(|_| {
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().port()
-            };
+            let port = free_pair();
             let mut child = Command::new(bin())
                 .args(["demo", "--port", &port.to_string()])
                 .stdout(std::process::Stdio::piped())
