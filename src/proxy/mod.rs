@@ -21,7 +21,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{
     HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER, SET_COOKIE,
-    TRANSFER_ENCODING,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -71,6 +71,9 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let active = conn.state.begin();
+    if req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE) {
+        conn.state.saw_upgrade();
+    }
     let request_id = headers::request_id(req.headers_mut());
     let table = shared.table.load_full();
     // The one client IP for hashing, rate limiting and logs.

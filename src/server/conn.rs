@@ -7,6 +7,24 @@
 //! quietly after `idle_timeout`) from a slow request head (408 after
 //! `header_read_timeout`).
 //!
+//! Parking (plain HTTP/1): when a keep-alive connection is idle — its last
+//! response written out, nothing buffered to write, the socket empty — a
+//! read can report end-of-stream instead of waiting. hyper then finishes
+//! the connection, `serve` takes the socket back (`into_parts`, shutdown
+//! suppressed here) and waits for it to become readable with nothing else
+//! held: hyper's 8 KiB read and write buffers and its connection state are
+//! freed while the client thinks. A new hyper connection picks the socket
+//! up, with this wrapper (and its timers) carried over.
+//!
+//! A new hyper connection costs about a quarter of a proxied request's CPU
+//! (hyper amortises buffers and its header map over a connection's
+//! requests), so a connection parks at once only after its first request:
+//! many connections carry one request and then sit idle. One that has been
+//! reused keeps hyper's state between requests and parks when its timer
+//! next fires while it is idle (within `header_read_timeout`). A rule based
+//! on the client's pauses was tried and dropped: under overload the pause
+//! seen includes our own queueing, so it parked most when CPU was scarcest.
+//!
 //! The write side has a stall timeout: a client that stops reading its
 //! response (so the socket stays full and writes make no progress) for
 //! `idle_timeout` gets its connection closed. Its timer is allocated on the
@@ -18,11 +36,12 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -36,6 +55,10 @@ pub struct ConnState {
     /// `finished + 1` as of the request head in which a Content-Length line
     /// was seen (0: none); see `head_scan`.
     content_length_head: AtomicU32,
+    /// Set once an HTTP/1.1 request carried `Upgrade`: hyper then holds a
+    /// pending upgrade until the connection ends and hands it the socket
+    /// (even after a plain response), so this connection is never parked.
+    upgrade_seen: AtomicBool,
 }
 
 impl ConnState {
@@ -51,6 +74,12 @@ impl ConnState {
     pub fn head_had_content_length(&self) -> bool {
         self.content_length_head.load(Ordering::Relaxed)
             == self.finished.load(Ordering::Relaxed).wrapping_add(1)
+    }
+
+    /// Records an HTTP/1.1 request with an `Upgrade` header (see
+    /// `upgrade_seen`).
+    pub fn saw_upgrade(&self) {
+        self.upgrade_seen.store(true, Ordering::Relaxed);
     }
 
     fn active(&self) -> u32 {
@@ -96,6 +125,15 @@ pub struct TimedIo<S> {
     scan: HeadScan,
     /// `finished` when `scan` began its head.
     scan_epoch: u32,
+    /// Whether an idle connection may be parked (plain HTTP/1 only).
+    park: bool,
+    /// Set when a read reported end-of-stream to park the connection.
+    parked: bool,
+    /// Whether the client has sent a second request on this connection.
+    reused: bool,
+    /// Bytes hyper had read but not parsed when it was parked (a pipelined
+    /// request), handed out again before the socket is read.
+    unread: Bytes,
 }
 
 impl<S> TimedIo<S> {
@@ -122,7 +160,41 @@ impl<S> TimedIo<S> {
             write_sleep: None,
             scan: HeadScan::default(),
             scan_epoch: 0,
+            park: false,
+            parked: false,
+            reused: false,
+            unread: Bytes::new(),
         }
+    }
+
+    /// Lets idle keep-alive periods park the connection (see the module
+    /// docs); for HTTP/1 over plain TCP, where readiness can be awaited on
+    /// the socket itself.
+    pub fn parking(mut self) -> Self {
+        self.park = true;
+        self
+    }
+
+    /// Whether the connection just ended because it was parked; clears the
+    /// mark, and takes back what hyper had read but not parsed.
+    pub fn unpark(&mut self, unread: Bytes) -> bool {
+        // An empty remainder still holds hyper's whole read buffer.
+        self.unread = if unread.is_empty() {
+            Bytes::new()
+        } else {
+            unread
+        };
+        std::mem::take(&mut self.parked)
+    }
+
+    /// When a parked (idle) connection is closed.
+    pub fn idle_deadline(&self) -> Instant {
+        self.phase_start + self.idle_timeout
+    }
+
+    /// Whether bytes are waiting to be handed out before the socket is read.
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     /// Write-side bookkeeping: progress clears the stall; a stall longer
@@ -148,6 +220,21 @@ impl<S> TimedIo<S> {
         Poll::Pending
     }
 
+    /// Idle with everything written: nothing of hyper's is needed until
+    /// the client sends again.
+    fn can_park(&self) -> bool {
+        self.park
+            && self.phase == Phase::Idle
+            && self.write_stall.is_none()
+            && !self.state.upgrade_seen.load(Ordering::Relaxed)
+    }
+
+    /// End-of-stream to hyper, which hands the socket back to be parked.
+    fn park_now(&mut self) -> Poll<io::Result<()>> {
+        self.parked = true;
+        Poll::Ready(Ok(()))
+    }
+
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
@@ -161,7 +248,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let read = if this.unread.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            Poll::Ready(Ok(()))
+        };
+        match read {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if !got.is_empty() {
@@ -182,6 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                                 .store(finished.wrapping_add(1), Ordering::Relaxed);
                         }
                         if this.phase == Phase::Idle {
+                            this.reused = true;
                             this.phase = Phase::Head;
                             this.phase_start = Instant::now();
                         }
@@ -206,6 +301,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
             this.head_bytes = false;
             this.phase_start = Instant::now();
         }
+        if !this.reused && this.can_park() {
+            return this.park_now();
+        }
         let limit = if this.phase == Phase::Head && !this.h2 {
             this.header_timeout
         } else {
@@ -218,6 +316,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
         loop {
             if this.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
+            }
+            if this.can_park() {
+                // Gone quiet since: park (the parked wait has its own timer).
+                return this.park_now();
             }
             if Instant::now() < deadline {
                 // Armed for an earlier phase; move it, lazily, to the real deadline.
@@ -255,6 +357,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // hyper closing after our end-of-stream: the socket stays open.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 

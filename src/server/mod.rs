@@ -226,10 +226,13 @@ impl Conn {
         let (stream, client_ip) = if settings.proxy_protocol {
             // Bounded like a request head: a silent or trickling peer
             // cannot hold the connection slot.
-            let read = tokio::time::timeout(
+            // Boxed, like every path most connections don't take: the
+            // connection's task is sized for its largest state, and that
+            // size is paid by every connection for its whole life.
+            let read = Box::pin(tokio::time::timeout(
                 settings.header_read_timeout,
                 proxy_protocol::read_header(&mut stream),
-            )
+            ))
             .await;
             match read {
                 Ok(Ok((header, rest))) => (
@@ -299,23 +302,43 @@ impl Conn {
                 };
                 serve(stream, proto, &settings, serving).await
             }
-            // The handshake runs in the connection's task, bounded by
-            // header_read_timeout, so a slow client never stalls accept().
-            Some(cfg) => match tls::accept(cfg, stream, settings.header_read_timeout).await {
-                Ok(stream) => {
-                    let proto = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Proto::H2,
-                        Some(b"http/1.1") => Proto::H1,
-                        _ => Proto::Detect,
-                    };
-                    serve(stream, proto, &settings, serving).await
-                }
-                Err(e) => {
-                    self.handshake_errors.inc();
-                    let info = &serving.info;
-                    tracing::debug!(listener = %info.listener, client = %info.client_ip, error = %e, "TLS handshake failed");
-                }
-            },
+            Some(cfg) => {
+                Box::pin(serve_tls(
+                    cfg,
+                    stream,
+                    &settings,
+                    serving,
+                    &self.handshake_errors,
+                ))
+                .await
+            }
+        }
+    }
+}
+
+/// TLS handshake, then HTTP by ALPN. The handshake runs in the connection's
+/// task, bounded by header_read_timeout, so a slow client never stalls
+/// accept().
+async fn serve_tls(
+    cfg: Arc<rustls::ServerConfig>,
+    stream: PrefixedIo<TcpStream>,
+    settings: &ListenerConfig,
+    serving: Serving,
+    handshake_errors: &prometheus::IntCounter,
+) {
+    match tls::accept(cfg, stream, settings.header_read_timeout).await {
+        Ok(stream) => {
+            let proto = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Proto::H2,
+                Some(b"http/1.1") => Proto::H1,
+                _ => Proto::Detect,
+            };
+            serve(stream, proto, settings, serving).await
+        }
+        Err(e) => {
+            handshake_errors.inc();
+            let info = &serving.info;
+            tracing::debug!(listener = %info.listener, client = %info.client_ip, error = %e, "TLS handshake failed");
         }
     }
 }
@@ -406,7 +429,7 @@ macro_rules! http2_settings {
 /// through TLS like any other response.
 async fn serve<S>(stream: S, proto: Proto, settings: &ListenerConfig, serving: Serving)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ParkSocket + Unpin + Send + 'static,
 {
     let Serving {
         shared,
@@ -414,39 +437,30 @@ where
         watcher,
         mut stop,
     } = serving;
-    let io = TokioIo::new(TimedIo::new(
+    let mut timed = TimedIo::new(
         stream,
         info.state.clone(),
         settings.header_read_timeout,
         settings.idle_timeout,
-    ));
+    );
+    if proto == Proto::H1 && timed.get_ref().socket().is_some() {
+        timed = timed.parking();
+    }
+    let io = TokioIo::new(timed);
     let svc = service_fn(move |req| {
         let fut = proxy::handle(shared.clone(), info.clone(), req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let result = match proto {
         Proto::H1 => {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            http1_settings!(b, settings);
-            let conn = b.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(conn);
-            // hyper-util's Watcher takes no HTTP/1 upgradeable connection:
-            // the same graceful shutdown, driven by the listener's stop.
-            let r = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let r = serve_h1(io, svc, settings, &mut stop).await;
             drop(watcher);
-            r.map_err(Into::into)
+            r
         }
         Proto::H2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             http2_settings!(b, settings);
-            watcher
-                .watch(b.serve_connection(io, svc))
+            Box::pin(watcher.watch(b.serve_connection(io, svc)))
                 .await
                 .map_err(Into::into)
         }
@@ -455,11 +469,89 @@ where
             http1_settings!(b.http1(), settings);
             http2_settings!(b.http2(), settings);
             let conn = b.serve_connection_with_upgrades(io, svc).into_owned();
-            watcher.watch(conn).await
+            Box::pin(watcher.watch(conn)).await
         }
     };
     if let Err(e) = result {
         tracing::trace!(error = %e, "client connection ended with error");
+    }
+}
+
+/// A stream a parked connection can wait on without hyper: the TCP socket
+/// when nothing sits above it that could hold bytes of its own.
+trait ParkSocket {
+    fn socket(&self) -> Option<&TcpStream>;
+}
+
+impl ParkSocket for PrefixedIo<TcpStream> {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.get_ref())
+    }
+}
+
+/// TLS is not parked: rustls may hold decrypted bytes the socket's
+/// readiness does not show.
+impl<S> ParkSocket for tokio_rustls::server::TlsStream<S> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// HTTP/1.1 on one connection, parked between requests when `TimedIo`
+/// allows it: each busy period gets a fresh hyper connection, and an idle
+/// one holds only its socket, its timers and the service handle.
+async fn serve_h1<S, F>(
+    mut io: TokioIo<TimedIo<S>>,
+    mut svc: F,
+    settings: &ListenerConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: AsyncRead + AsyncWrite + ParkSocket + Unpin + Send + 'static,
+    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = proxy::body::ProxyBody>
+        + Unpin
+        + Send
+        + 'static,
+    F::Future: Send + 'static,
+    F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut b = hyper::server::conn::http1::Builder::new();
+    http1_settings!(b, settings);
+    loop {
+        // Boxed so that a parked connection does not keep a slot of its size.
+        let mut conn = Box::new(b.serve_connection(io, svc).with_upgrades());
+        // hyper-util's Watcher takes no HTTP/1 upgradeable connection:
+        // the same graceful shutdown, driven by the listener's stop.
+        let r = tokio::select! {
+            r = &mut *conn => r,
+            _ = stop.changed() => {
+                std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                (&mut *conn).await
+            }
+        };
+        // `None`: upgraded; the tunnel has the socket.
+        let Some(parts) = conn.into_parts() else {
+            return r.map_err(Into::into);
+        };
+        io = parts.io;
+        svc = parts.service;
+        if !io.inner_mut().unpark(parts.read_buf) {
+            return r.map_err(Into::into);
+        }
+        if io.inner().has_unread() {
+            continue;
+        }
+        let deadline = io.inner().idle_deadline();
+        let Some(socket) = io.inner().get_ref().socket() else {
+            return Ok(());
+        };
+        tokio::select! {
+            r = socket.readable() => if r.is_err() { return Ok(()) },
+            // Idle past idle_timeout, or draining: closed quietly, as hyper
+            // closes an idle keep-alive connection.
+            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            _ = stop.changed() => return Ok(()),
+        }
     }
 }
 
