@@ -535,7 +535,9 @@ where
         };
         io = parts.io;
         svc = parts.service;
-        if !io.inner_mut().unpark(parts.read_buf) {
+        // Not parked (hyper ended it), or parked just as the listener
+        // stopped (a stop already seen by the select above won't fire again).
+        if !io.inner_mut().unpark(parts.read_buf) || *stop.borrow() {
             return r.map_err(Into::into);
         }
         if io.inner().has_unread() {
