@@ -28,15 +28,6 @@ fn route(b: &Backend) -> String {
     )
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 async fn honest(f: &Fulcrum) {
     assert_eq!(
         get(f.addr("web"), "/").await.status,

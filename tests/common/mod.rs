@@ -914,3 +914,13 @@ pub async fn draining_backend() -> Backend {
     })
     .await
 }
+
+/// A process's resident set size in KiB (Linux `/proc`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
