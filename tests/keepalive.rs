@@ -180,25 +180,44 @@ async fn a_parked_connection_is_closed_at_idle_timeout_and_on_shutdown() {
 }
 
 #[tokio::test]
-async fn a_plain_answer_to_an_upgrade_header_keeps_the_connection() {
-    // hyper keeps such a request's pending upgrade until the connection
-    // ends; the connection must stay usable after a pause all the same.
-    let b = echo().await;
+async fn a_plain_answer_to_an_upgrade_request_keeps_the_connection() {
+    // hyper keeps a pending upgrade for an Upgrade header or a CONNECT until
+    // the connection ends; answered without switching (here: 405 for the
+    // CONNECT, 200 for the Upgrade), the connection must stay usable after
+    // a pause all the same.
+    let b = Backend::start(|req: Request<hyper::body::Incoming>| async move {
+        let mut resp = Response::new(full(format!("{} {}", req.method(), req.uri().path())));
+        if req.method() == hyper::Method::CONNECT {
+            *resp.status_mut() = hyper::StatusCode::METHOD_NOT_ALLOWED;
+        }
+        resp
+    })
+    .await;
     let f = Fulcrum::start(&one_route(&[&b]));
-    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
-    let mut buf = Vec::new();
-    s.write_all(b"GET /up HTTP/1.1\r\nHost: a\r\nUpgrade: h2c-nope\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut s, &mut buf).await, (200, "GET /up ".into()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        response(&mut s, &mut buf).await,
-        (200, "GET /after ".into())
-    );
+    for (first, answer) in [
+        (
+            "GET /up HTTP/1.1\r\nHost: a\r\nUpgrade: h2c-nope\r\n\r\n",
+            (200, "GET /up".to_string()),
+        ),
+        (
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            (405, "CONNECT /".to_string()),
+        ),
+    ] {
+        let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(first.as_bytes()).await.unwrap();
+        assert_eq!(response(&mut s, &mut buf).await, answer, "{first:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            response(&mut s, &mut buf).await,
+            (200, "GET /after".into()),
+            "after {first:?}"
+        );
+    }
 }
 
 #[tokio::test]

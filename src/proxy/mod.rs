@@ -21,7 +21,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{
     HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER, SET_COOKIE,
-    TRANSFER_ENCODING, UPGRADE,
+    TRANSFER_ENCODING,
 };
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -71,7 +71,13 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let active = conn.state.begin();
-    if req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE) {
+    // hyper's own mark for a request it holds a pending upgrade for (an
+    // HTTP/1.1 Upgrade header, or CONNECT): see `ConnState::saw_upgrade`.
+    if req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some()
+    {
         conn.state.saw_upgrade();
     }
     let request_id = headers::request_id(req.headers_mut());

@@ -55,9 +55,10 @@ pub struct ConnState {
     /// `finished + 1` as of the request head in which a Content-Length line
     /// was seen (0: none); see `head_scan`.
     content_length_head: AtomicU32,
-    /// Set once an HTTP/1.1 request carried `Upgrade`: hyper then holds a
-    /// pending upgrade until the connection ends and hands it the socket
-    /// (even after a plain response), so this connection is never parked.
+    /// Set once a request could upgrade (an HTTP/1.1 `Upgrade` header, or
+    /// CONNECT): hyper then holds a pending upgrade until the connection
+    /// ends and hands it the socket (even after a plain response), so this
+    /// connection is never parked.
     upgrade_seen: AtomicBool,
 }
 
@@ -76,7 +77,7 @@ impl ConnState {
             == self.finished.load(Ordering::Relaxed).wrapping_add(1)
     }
 
-    /// Records an HTTP/1.1 request with an `Upgrade` header (see
+    /// Records a request hyper keeps a pending upgrade for (see
     /// `upgrade_seen`).
     pub fn saw_upgrade(&self) {
         self.upgrade_seen.store(true, Ordering::Relaxed);
