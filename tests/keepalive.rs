@@ -59,6 +59,12 @@ async fn response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
     }
 }
 
+/// Sends `req` on `s` and reads the response to it.
+async fn exchange(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8]) -> (u16, String) {
+    s.write_all(req).await.unwrap();
+    response(s, buf).await
+}
+
 #[tokio::test]
 async fn a_pipelined_head_split_across_a_pause_is_answered() {
     let b = echo().await;
@@ -67,27 +73,28 @@ async fn a_pipelined_head_split_across_a_pause_is_answered() {
     let mut buf = Vec::new();
     // The second head starts in the first request's segment: it sits in
     // hyper's read buffer when the connection goes idle and is parked.
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /sec")
-        .await
-        .unwrap();
     assert_eq!(
-        response(&mut s, &mut buf).await,
+        exchange(
+            &mut s,
+            &mut buf,
+            b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /sec"
+        )
+        .await,
         (200, "GET /first ".into())
     );
     // The client's pause is what is under test: the connection parks in it.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    s.write_all(b"ond HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
     assert_eq!(
-        response(&mut s, &mut buf).await,
+        exchange(&mut s, &mut buf, b"ond HTTP/1.1\r\nHost: a\r\n\r\n").await,
         (200, "GET /second ".into())
     );
-    s.write_all(b"POST /third HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
-        .await
-        .unwrap();
     assert_eq!(
-        response(&mut s, &mut buf).await,
+        exchange(
+            &mut s,
+            &mut buf,
+            b"POST /third HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        .await,
         (200, "POST /third hello".into())
     );
     assert_eq!(b.hits(), 3);
@@ -111,15 +118,13 @@ async fn a_connection_idle_past_its_timer_serves_the_next_request() {
             "POST /r{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\nbody{i}",
             format!("body{i}").len()
         );
-        s.write_all(req.as_bytes()).await.unwrap();
         assert_eq!(
-            response(&mut s, &mut buf).await,
+            exchange(&mut s, &mut buf, req.as_bytes()).await,
             (200, format!("POST /r{i} body{i}")),
             "request {i} after a {pause_ms} ms pause"
         );
     }
-    // Parked or not, an idle connection still ends at idle_timeout, and a
-    // slow head still gets 408 at header_read_timeout.
+    // After the parks, a slow head still gets 408 at header_read_timeout.
     s.write_all(b"GET /slow HTTP/1.1\r\n").await.unwrap();
     let mut rest = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rest))
@@ -141,10 +146,10 @@ async fn a_parked_connection_is_closed_at_idle_timeout_and_on_shutdown() {
     let started = std::time::Instant::now();
     let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
     let mut buf = Vec::new();
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut s, &mut buf).await, (200, "GET /one ".into()));
+    assert_eq!(
+        exchange(&mut s, &mut buf, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await,
+        (200, "GET /one ".into())
+    );
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
         .await
@@ -157,10 +162,10 @@ async fn a_parked_connection_is_closed_at_idle_timeout_and_on_shutdown() {
     // idle_timeout 60 s, shutdown_timeout 30 s).
     let f = Fulcrum::start(&one_route(&[&b]));
     let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
-    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut s, &mut buf).await, (200, "GET /two ".into()));
+    assert_eq!(
+        exchange(&mut s, &mut buf, b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n").await,
+        (200, "GET /two ".into())
+    );
     let started = std::time::Instant::now();
     assert_eq!(f.terminate(), Some(0));
     assert!(
@@ -206,14 +211,14 @@ async fn a_plain_answer_to_an_upgrade_request_keeps_the_connection() {
     ] {
         let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
         let mut buf = Vec::new();
-        s.write_all(first.as_bytes()).await.unwrap();
-        assert_eq!(response(&mut s, &mut buf).await, answer, "{first:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
         assert_eq!(
-            response(&mut s, &mut buf).await,
+            exchange(&mut s, &mut buf, first.as_bytes()).await,
+            answer,
+            "{first:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            exchange(&mut s, &mut buf, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n").await,
             (200, "GET /after".into()),
             "after {first:?}"
         );
@@ -231,11 +236,11 @@ async fn idle_keep_alive_connections_give_back_hyper_state() {
     let f = Fulcrum::start(&one_route(&[&b]));
     let one = |addr| async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        assert_eq!(response(&mut s, &mut buf).await, (200, "ok".into()));
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            exchange(&mut s, &mut Vec::new(), req).await,
+            (200, "ok".into())
+        );
         s
     };
     // Warm up allocator arenas and pools before the baseline.
