@@ -73,9 +73,15 @@ impl BodyFlags {
 struct BodyError(&'static str);
 
 /// The client's request body, streamed upstream.
-pub struct ReqBody {
-    /// `None`: an empty body (a replayed bodiless request).
-    inner: Option<Incoming>,
+///
+/// A bodiless request (most) carries `None`: nothing to count or time, and
+/// the whole request stays small. hyper's client queues each request in a
+/// per-connection channel that allocates 32 request slots at a time, so the
+/// request's size is paid 32 times over by every upstream connection.
+pub struct ReqBody(Option<Box<Streaming>>);
+
+struct Streaming {
+    inner: Incoming,
     remaining: u64,
     timeout: Duration,
     last_progress: Instant,
@@ -85,36 +91,26 @@ pub struct ReqBody {
 
 impl ReqBody {
     pub fn new(inner: Incoming, limit: Option<u64>, timeout: Duration) -> (ReqBody, BodyFlags) {
-        let flags = if inner.is_end_stream() {
-            BodyFlags::default()
-        } else {
-            BodyFlags::shared()
-        };
-        (
-            ReqBody {
-                inner: Some(inner),
-                remaining: limit.unwrap_or(u64::MAX),
-                timeout,
-                last_progress: Instant::now(),
-                sleep: None,
-                flags: flags.clone(),
-            },
-            flags,
-        )
-    }
-}
-
-impl ReqBody {
-    /// An empty body, for replaying a request that had none.
-    pub fn empty(flags: BodyFlags) -> ReqBody {
-        ReqBody {
-            inner: None,
-            remaining: 0,
-            timeout: Duration::from_secs(1),
+        if inner.is_end_stream() {
+            // Nothing left to read: an HTTP/1 bodiless request's body is
+            // hyper's empty one, an HTTP/2 one has its stream end already.
+            return (ReqBody::empty(), BodyFlags::default());
+        }
+        let flags = BodyFlags::shared();
+        let body = Streaming {
+            inner,
+            remaining: limit.unwrap_or(u64::MAX),
+            timeout,
             last_progress: Instant::now(),
             sleep: None,
-            flags,
-        }
+            flags: flags.clone(),
+        };
+        (ReqBody(Some(Box::new(body))), flags)
+    }
+
+    /// An empty body (a bodiless request, or one replayed on another server).
+    pub fn empty() -> ReqBody {
+        ReqBody(None)
     }
 }
 
@@ -126,11 +122,10 @@ impl Body for ReqBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
+        let Some(this) = self.0.as_deref_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.flags.set(BodyFlags::STARTED);
                 if let Some(data) = frame.data_ref() {
@@ -172,13 +167,13 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        self.0.as_ref().is_none_or(|b| b.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
+        self.0
             .as_ref()
-            .map_or(SizeHint::with_exact(0), |i| i.size_hint())
+            .map_or(SizeHint::with_exact(0), |b| b.inner.size_hint())
     }
 }
 

@@ -239,7 +239,7 @@ async fn proxy(
             let p = replay
                 .as_ref()
                 .expect("only offered with a replayable head");
-            Request::from_parts(p.clone(), ReqBody::empty(flags.clone()))
+            Request::from_parts(p.clone(), ReqBody::empty())
         };
         let replay_fn: Option<&(dyn Fn() -> Request<ReqBody> + Sync)> =
             replay.as_ref().map(|_| &rebuild as _);
