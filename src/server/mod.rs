@@ -497,6 +497,11 @@ impl<S> ParkSocket for tokio_rustls::server::TlsStream<S> {
     }
 }
 
+/// `*b`, with the box freed now rather than where `b` goes out of scope.
+fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
 /// HTTP/1.1 on one connection, parked between requests when `TimedIo`
 /// allows it: each busy period gets a fresh hyper connection, and an idle
 /// one holds only its socket, its timers and the service handle.
@@ -529,8 +534,9 @@ where
                 (&mut *conn).await
             }
         };
-        // `None`: upgraded; the tunnel has the socket.
-        let Some(parts) = conn.into_parts() else {
+        // Unboxed first: moving out with `*conn` would keep the box's
+        // allocation until the end of this iteration, through the park.
+        let Some(parts) = unbox(conn).into_parts() else {
             return r.map_err(Into::into);
         };
         io = parts.io;
