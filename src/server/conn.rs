@@ -188,9 +188,15 @@ impl<S> TimedIo<S> {
         std::mem::take(&mut self.parked)
     }
 
-    /// When a parked (idle) connection is closed.
-    pub fn idle_deadline(&self) -> Instant {
-        self.phase_start + self.idle_timeout
+    /// What a parked connection waits on: the stream's readiness, and the
+    /// connection's own timer set to its `idle_timeout` (not a second timer
+    /// in every parked connection's state).
+    pub fn parked_wait(&mut self) -> (&S, Pin<&mut Sleep>) {
+        let deadline = self.phase_start + self.idle_timeout;
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        (&self.inner, self.sleep.as_mut())
     }
 
     /// Whether bytes are waiting to be handed out before the socket is read.

@@ -8,6 +8,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -186,13 +187,10 @@ async fn accept_loop(
             watcher: graceful.watcher(),
             stop: stop.clone(),
         };
-        let active_gauge = active_gauge.clone();
-        active_gauge.inc();
-        tokio::spawn(async move {
-            conn.run(stream, peer, settings).await;
-            active_gauge.dec();
-            drop(permit);
-        });
+        let accepted = Accepted::new(permit, active_gauge.clone());
+        // Spawned as is: a wrapping async block would hold the arguments as
+        // well as the future made from them.
+        tokio::spawn(conn.run(stream, peer, settings, accepted));
     }
     drop(listener);
     let timeout = drain_timeout();
@@ -219,98 +217,134 @@ struct Conn {
     stop: watch::Receiver<bool>,
 }
 
+/// A connection's place under `max_connections`, and its count in
+/// `fulcrum_connections_active`; both given back when its task ends.
+struct Accepted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    active: prometheus::IntGauge,
+}
+
+impl Accepted {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, active: prometheus::IntGauge) -> Accepted {
+        active.inc();
+        Accepted {
+            _permit: permit,
+            active,
+        }
+    }
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
 impl Conn {
     /// PROXY header (when configured), per-client limit, TLS, then HTTP.
-    async fn run(self, stream: TcpStream, peer: SocketAddr, settings: Arc<ListenerConfig>) {
-        let mut stream = stream;
-        let (stream, client_ip) = if settings.proxy_protocol {
-            // Bounded like a request head: a silent or trickling peer
-            // cannot hold the connection slot.
-            // Boxed, like every path most connections don't take: the
-            // connection's task is sized for its largest state, and that
-            // size is paid by every connection for its whole life.
-            let read = Box::pin(tokio::time::timeout(
-                settings.header_read_timeout,
-                proxy_protocol::read_header(&mut stream),
-            ))
-            .await;
-            match read {
-                Ok(Ok((header, rest))) => (
-                    PrefixedIo::new(rest, stream),
-                    proxy_protocol::client_ip(&header, peer),
-                ),
-                Ok(Err(e)) => {
-                    self.rejected_proxy_protocol.inc();
-                    tracing::debug!(listener = %self.name, peer = %peer, error = %e, "connection rejected: PROXY header");
-                    return;
-                }
-                Err(_) => {
-                    self.rejected_proxy_protocol.inc();
-                    tracing::debug!(listener = %self.name, peer = %peer, "connection rejected: no PROXY header within header_read_timeout");
-                    return;
-                }
-            }
-        } else {
-            (PrefixedIo::plain(stream), peer.ip().to_canonical())
-        };
-        let _slot = if settings.max_connections_per_client > 0 {
-            match self
-                .per_client
-                .acquire(client_ip, settings.max_connections_per_client)
-            {
-                Some(s) => Some(s),
-                None => {
-                    self.rejected_per_client.inc();
-                    return;
-                }
-            }
-        } else {
-            None
-        };
-        // The TLS settings (certificates) of the current snapshot: a reload
-        // changes them for new connections only.
-        let tls_config = settings.tls.as_ref().map(|t| t.server.clone());
-        let info = Arc::new(ConnInfo {
-            listener: self.name.clone(),
-            client_ip,
-            client_ip_value: HeaderValue::from_str(&client_ip.to_string())
-                .unwrap_or(HeaderValue::from_static("unknown")),
-            tls: tls_config.is_some(),
-            state: Arc::new(ConnState::default()),
-            drain: std::sync::Mutex::new(Some(self.drain)),
-        });
-        let serving = Serving {
-            shared: self.shared,
-            info,
-            watcher: self.watcher,
-            stop: self.stop,
-        };
-        match tls_config {
-            None => {
-                let mut stop = serving.stop.clone();
-                let proto = match stream.prefix() {
-                    [] => tokio::select! {
-                        p = sniff(stream.get_ref(), settings.header_read_timeout) => match p {
-                            Some(p) => p,
-                            // Silent past header_read_timeout, or closed: quietly.
-                            None => return,
-                        },
-                        // Nothing sent yet: a drain closes it at once.
-                        _ = stop.changed() => return,
-                    },
-                    first => Proto::of(first),
-                };
-                serve(stream, proto, &settings, serving).await
-            }
-            Some(cfg) => {
-                Box::pin(serve_tls(
-                    cfg,
-                    stream,
-                    &settings,
-                    serving,
-                    &self.handshake_errors,
+    /// An async block, not an async fn: the task's state is paid by every
+    /// connection for its whole life, and an async fn keeps a second copy
+    /// of its arguments in it (rust-lang/rust#62958).
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    fn run(
+        self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        settings: Arc<ListenerConfig>,
+        accepted: Accepted,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            // Held to the end of the task, whichever way it ends.
+            let _accepted = accepted;
+            let (stream, client_ip) = if settings.proxy_protocol {
+                // Bounded like a request head: a silent or trickling peer
+                // cannot hold the connection slot.
+                // Boxed, like every path most connections don't take: the
+                // connection's task is sized for its largest state, and that
+                // size is paid by every connection for its whole life.
+                let read = Box::pin(tokio::time::timeout(
+                    settings.header_read_timeout,
+                    proxy_protocol::read_header(&mut stream),
                 ))
-                .await
+                .await;
+                match read {
+                    Ok(Ok((header, rest))) => (
+                        PrefixedIo::new(rest, stream),
+                        proxy_protocol::client_ip(&header, peer),
+                    ),
+                    Ok(Err(e)) => {
+                        self.rejected_proxy_protocol.inc();
+                        tracing::debug!(listener = %self.name, peer = %peer, error = %e, "connection rejected: PROXY header");
+                        return;
+                    }
+                    Err(_) => {
+                        self.rejected_proxy_protocol.inc();
+                        tracing::debug!(listener = %self.name, peer = %peer, "connection rejected: no PROXY header within header_read_timeout");
+                        return;
+                    }
+                }
+            } else {
+                (PrefixedIo::plain(stream), peer.ip().to_canonical())
+            };
+            let _slot = if settings.max_connections_per_client > 0 {
+                match self
+                    .per_client
+                    .acquire(client_ip, settings.max_connections_per_client)
+                {
+                    Some(s) => Some(s),
+                    None => {
+                        self.rejected_per_client.inc();
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            // The TLS settings (certificates) of the current snapshot: a reload
+            // changes them for new connections only.
+            let tls_config = settings.tls.as_ref().map(|t| t.server.clone());
+            let info = Arc::new(ConnInfo {
+                listener: self.name.clone(),
+                client_ip,
+                client_ip_value: HeaderValue::from_str(&client_ip.to_string())
+                    .unwrap_or(HeaderValue::from_static("unknown")),
+                tls: tls_config.is_some(),
+                state: Arc::new(ConnState::default()),
+                drain: std::sync::Mutex::new(Some(self.drain)),
+            });
+            let serving = Serving {
+                shared: self.shared,
+                info,
+                watcher: self.watcher,
+                stop: self.stop,
+            };
+            match tls_config {
+                None => {
+                    let mut stop = serving.stop.clone();
+                    let proto = match stream.prefix() {
+                        [] => tokio::select! {
+                            p = sniff(stream.get_ref(), settings.header_read_timeout) => match p {
+                                Some(p) => p,
+                                // Silent past header_read_timeout, or closed: quietly.
+                                None => return,
+                            },
+                            // Nothing sent yet: a drain closes it at once.
+                            _ = stop.changed() => return,
+                        },
+                        first => Proto::of(first),
+                    };
+                    serve(stream, proto, &settings, serving).await
+                }
+                Some(cfg) => {
+                    Box::pin(serve_tls(
+                        cfg,
+                        stream,
+                        &settings,
+                        serving,
+                        &self.handshake_errors,
+                    ))
+                    .await
+                }
             }
         }
     }
@@ -427,53 +461,64 @@ macro_rules! http2_settings {
 /// Serves HTTP/1.1 and HTTP/2 on one accepted (and possibly decrypted)
 /// connection. `TimedIo` wraps the plain-text stream, so its 408 is written
 /// through TLS like any other response.
-async fn serve<S>(stream: S, proto: Proto, settings: &ListenerConfig, serving: Serving)
+#[allow(clippy::manual_async_fn)] // on purpose, see inside
+fn serve<S>(
+    stream: S,
+    proto: Proto,
+    settings: &ListenerConfig,
+    serving: Serving,
+) -> impl Future<Output = ()> + Send + '_
 where
     S: AsyncRead + AsyncWrite + ParkSocket + Unpin + Send + 'static,
 {
-    let Serving {
-        shared,
-        info,
-        watcher,
-        mut stop,
-    } = serving;
-    let mut timed = TimedIo::new(
-        stream,
-        info.state.clone(),
-        settings.header_read_timeout,
-        settings.idle_timeout,
-    );
-    if proto == Proto::H1 && timed.get_ref().socket().is_some() {
-        timed = timed.parking();
-    }
-    let io = TokioIo::new(timed);
-    let svc = service_fn(move |req| {
-        let fut = proxy::handle(shared.clone(), info.clone(), req);
-        async move { Ok::<_, Infallible>(fut.await) }
-    });
-    let result = match proto {
-        Proto::H1 => {
-            let r = serve_h1(io, svc, settings, &mut stop).await;
-            drop(watcher);
-            r
+    // Built inside the future: what a future is made from stays in its
+    // state even after it is moved on (rust-lang/rust#62958), and the
+    // stream is smaller than the connection made of it.
+    async move {
+        let Serving {
+            shared,
+            info,
+            watcher,
+            mut stop,
+        } = serving;
+        let mut timed = TimedIo::new(
+            stream,
+            info.state.clone(),
+            settings.header_read_timeout,
+            settings.idle_timeout,
+        );
+        if proto == Proto::H1 && timed.get_ref().socket().is_some() {
+            timed = timed.parking();
         }
-        Proto::H2 => {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            http2_settings!(b, settings);
-            Box::pin(watcher.watch(b.serve_connection(io, svc)))
-                .await
-                .map_err(Into::into)
+        let io = TokioIo::new(timed);
+        let svc = service_fn(move |req| {
+            let fut = proxy::handle(shared.clone(), info.clone(), req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let result = match proto {
+            Proto::H1 => {
+                let r = serve_h1(io, svc, settings, &mut stop).await;
+                drop(watcher);
+                r
+            }
+            Proto::H2 => {
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                http2_settings!(b, settings);
+                Box::pin(watcher.watch(b.serve_connection(io, svc)))
+                    .await
+                    .map_err(Into::into)
+            }
+            Proto::Detect => {
+                let mut b = auto::Builder::new(TokioExecutor::new());
+                http1_settings!(b.http1(), settings);
+                http2_settings!(b.http2(), settings);
+                let conn = b.serve_connection_with_upgrades(io, svc).into_owned();
+                Box::pin(watcher.watch(conn)).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::trace!(error = %e, "client connection ended with error");
         }
-        Proto::Detect => {
-            let mut b = auto::Builder::new(TokioExecutor::new());
-            http1_settings!(b.http1(), settings);
-            http2_settings!(b.http2(), settings);
-            let conn = b.serve_connection_with_upgrades(io, svc).into_owned();
-            Box::pin(watcher.watch(conn)).await
-        }
-    };
-    if let Err(e) = result {
-        tracing::trace!(error = %e, "client connection ended with error");
     }
 }
 
@@ -497,20 +542,22 @@ impl<S> ParkSocket for tokio_rustls::server::TlsStream<S> {
     }
 }
 
-/// `*b`, with the box freed now rather than where `b` goes out of scope.
-fn unbox<T>(b: Box<T>) -> T {
-    *b
-}
-
 /// HTTP/1.1 on one connection, parked between requests when `TimedIo`
 /// allows it: each busy period gets a fresh hyper connection, and an idle
 /// one holds only its socket, its timers and the service handle.
-async fn serve_h1<S, F>(
+///
+/// The parked state is what every idle connection pays for, so it is kept
+/// lean: an `async` block rather than an `async fn`, which would keep a
+/// second copy of its arguments in its state (rust-lang/rust#62958), and
+/// nothing from hyper's connection (its box, its parts) lives across the
+/// park.
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+fn serve_h1<'a, S, F>(
     mut io: TokioIo<TimedIo<S>>,
     mut svc: F,
-    settings: &ListenerConfig,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    settings: &'a ListenerConfig,
+    stop: &'a mut watch::Receiver<bool>,
+) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + ParkSocket + Unpin + Send + 'static,
     F: hyper::service::HttpService<hyper::body::Incoming, ResBody = proxy::body::ProxyBody>
@@ -520,45 +567,54 @@ where
     F::Future: Send + 'static,
     F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    http1_settings!(b, settings);
-    loop {
-        // Boxed so that a parked connection does not keep a slot of its size.
-        let mut conn = Box::new(b.serve_connection(io, svc).with_upgrades());
-        // hyper-util's Watcher takes no HTTP/1 upgradeable connection:
-        // the same graceful shutdown, driven by the listener's stop.
-        let r = tokio::select! {
-            r = &mut *conn => r,
-            _ = stop.changed() => {
-                std::pin::Pin::new(&mut *conn).graceful_shutdown();
-                (&mut *conn).await
+    async move {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        http1_settings!(b, settings);
+        loop {
+            let r;
+            let read_buf;
+            // Taken apart inside the block: nothing of hyper's connection
+            // (its box, its parts) may stay in this future's parked state.
+            (r, io, read_buf, svc) = {
+                // Boxed so that a parked connection does not keep a slot of
+                // its size.
+                let mut conn = Box::new(b.serve_connection(io, svc).with_upgrades());
+                // hyper-util's Watcher takes no HTTP/1 upgradeable
+                // connection: the same graceful shutdown, driven by the
+                // listener's stop.
+                let r = tokio::select! {
+                    r = &mut *conn => r,
+                    _ = stop.changed() => {
+                        std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                        (&mut *conn).await
+                    }
+                };
+                match conn.into_parts() {
+                    Some(p) => (r, p.io, p.read_buf, p.service),
+                    // Upgraded: the tunnel has the socket.
+                    None => return r.map_err(Into::into),
+                }
+            };
+            // Not parked (hyper ended it), or parked just as the listener
+            // stopped (a stop already seen by the select above won't fire
+            // again).
+            if !io.inner_mut().unpark(read_buf) || *stop.borrow() {
+                return r.map_err(Into::into);
             }
-        };
-        // Unboxed first: moving out with `*conn` would keep the box's
-        // allocation until the end of this iteration, through the park.
-        let Some(parts) = unbox(conn).into_parts() else {
-            return r.map_err(Into::into);
-        };
-        io = parts.io;
-        svc = parts.service;
-        // Not parked (hyper ended it), or parked just as the listener
-        // stopped (a stop already seen by the select above won't fire again).
-        if !io.inner_mut().unpark(parts.read_buf) || *stop.borrow() {
-            return r.map_err(Into::into);
-        }
-        if io.inner().has_unread() {
-            continue;
-        }
-        let deadline = io.inner().idle_deadline();
-        let Some(socket) = io.inner().get_ref().socket() else {
-            return Ok(());
-        };
-        tokio::select! {
-            r = socket.readable() => if r.is_err() { return Ok(()) },
-            // Idle past idle_timeout, or draining: closed quietly, as hyper
-            // closes an idle keep-alive connection.
-            _ = tokio::time::sleep_until(deadline) => return Ok(()),
-            _ = stop.changed() => return Ok(()),
+            if io.inner().has_unread() {
+                continue;
+            }
+            let (stream, idle_timeout) = io.inner_mut().parked_wait();
+            let Some(socket) = stream.socket() else {
+                return Ok(());
+            };
+            tokio::select! {
+                r = socket.readable() => if r.is_err() { return Ok(()) },
+                // Idle past idle_timeout, or draining: closed quietly, as
+                // hyper closes an idle keep-alive connection.
+                _ = idle_timeout => return Ok(()),
+                _ = stop.changed() => return Ok(()),
+            }
         }
     }
 }
