@@ -138,11 +138,15 @@ pub struct TimedIo<S> {
 }
 
 impl<S> TimedIo<S> {
+    /// `park`: whether idle keep-alive periods may park the connection (see
+    /// the module docs); for HTTP/1 over plain TCP, where readiness can be
+    /// awaited on the socket itself.
     pub fn new(
         inner: S,
         state: Arc<ConnState>,
         header_timeout: Duration,
         idle_timeout: Duration,
+        park: bool,
     ) -> Self {
         let now = Instant::now();
         TimedIo {
@@ -161,19 +165,11 @@ impl<S> TimedIo<S> {
             write_sleep: None,
             scan: HeadScan::default(),
             scan_epoch: 0,
-            park: false,
+            park,
             parked: false,
             reused: false,
             unread: Bytes::new(),
         }
-    }
-
-    /// Lets idle keep-alive periods park the connection (see the module
-    /// docs); for HTTP/1 over plain TCP, where readiness can be awaited on
-    /// the socket itself.
-    pub fn parking(mut self) -> Self {
-        self.park = true;
-        self
     }
 
     /// Whether the connection just ended because it was parked; clears the

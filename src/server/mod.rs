@@ -471,26 +471,25 @@ fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + ParkSocket + Unpin + Send + 'static,
 {
-    // Built inside the future: what a future is made from stays in its
-    // state even after it is moved on (rust-lang/rust#62958), and the
-    // stream is smaller than the connection made of it.
+    let Serving {
+        shared,
+        info,
+        watcher,
+        mut stop,
+    } = serving;
+    let park = proto == Proto::H1 && stream.socket().is_some();
+    // The connection is built inside the future, in one expression: what a
+    // future is made from stays in its state even after it is moved on
+    // (rust-lang/rust#62958), and the stream is smaller than the connection
+    // made of it.
     async move {
-        let Serving {
-            shared,
-            info,
-            watcher,
-            mut stop,
-        } = serving;
-        let mut timed = TimedIo::new(
+        let io = TokioIo::new(TimedIo::new(
             stream,
             info.state.clone(),
             settings.header_read_timeout,
             settings.idle_timeout,
-        );
-        if proto == Proto::H1 && timed.get_ref().socket().is_some() {
-            timed = timed.parking();
-        }
-        let io = TokioIo::new(timed);
+            park,
+        ));
         let svc = service_fn(move |req| {
             let fut = proxy::handle(shared.clone(), info.clone(), req);
             async move { Ok::<_, Infallible>(fut.await) }
