@@ -25,9 +25,9 @@ async fn payload_too_large_by_length_and_while_streaming() {
         Response::new(full(n.to_string()))
     })
     .await;
-    let f = Fulcrum::start(&one_route(&[&b]).replace(
-        "listen = \"127.0.0.1:0\"\n\n[[route]]",
-        "listen = \"127.0.0.1:0\"\nmax_request_body = \"1KiB\"\n\n[[route]]",
+    let f = Fulcrum::start(&with_listener_settings(
+        &one_route(&[&b]),
+        "max_request_body = \"1KiB\"",
     ));
     let mut c = Client::connect(f.addr("web")).await;
     let ok = c
@@ -70,9 +70,9 @@ async fn payload_too_large_by_length_and_while_streaming() {
 #[tokio::test]
 async fn header_fields_too_large() {
     let b = Backend::named("ok").await;
-    let f = Fulcrum::start(&one_route(&[&b]).replace(
-        "listen = \"127.0.0.1:0\"\n\n[[route]]",
-        "listen = \"127.0.0.1:0\"\nmax_header_bytes = 2048\n\n[[route]]",
+    let f = Fulcrum::start(&with_listener_settings(
+        &one_route(&[&b]),
+        "max_header_bytes = 2048",
     ));
     // over our limit but under hyper's minimum buffer: our check answers
     let big = "v".repeat(3000);
@@ -113,8 +113,10 @@ async fn request_timeout_for_slow_head_and_stalled_body() {
         Response::new(full("ok"))
     })
     .await;
-    let f = Fulcrum::start(&one_route(&[&b])
-        .replace("listen = \"127.0.0.1:0\"\n\n[[route]]", "listen = \"127.0.0.1:0\"\nheader_read_timeout = \"400ms\"\nbody_read_timeout = \"400ms\"\nidle_timeout = \"700ms\"\n\n[[route]]"));
+    let f = Fulcrum::start(&with_listener_settings(
+        &one_route(&[&b]),
+        "header_read_timeout = \"400ms\"\nbody_read_timeout = \"400ms\"\nidle_timeout = \"700ms\"",
+    ));
     // slow head: part of it, then nothing
     let started = Instant::now();
     let resp = raw(

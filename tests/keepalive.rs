@@ -103,9 +103,9 @@ async fn a_pipelined_head_split_across_a_pause_is_answered() {
 #[tokio::test]
 async fn a_connection_idle_past_its_timer_serves_the_next_request() {
     let b = echo().await;
-    let f = Fulcrum::start(&one_route(&[&b]).replace(
-        "listen = \"127.0.0.1:0\"\n\n[[route]]",
-        "listen = \"127.0.0.1:0\"\nheader_read_timeout = \"300ms\"\nidle_timeout = \"10s\"\n\n[[route]]",
+    let f = Fulcrum::start(&with_listener_settings(
+        &one_route(&[&b]),
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"10s\"",
     ));
     let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
     let mut buf = Vec::new();
@@ -138,9 +138,9 @@ async fn a_connection_idle_past_its_timer_serves_the_next_request() {
 #[tokio::test]
 async fn a_parked_connection_is_closed_at_idle_timeout_and_on_shutdown() {
     let b = echo().await;
-    let f = Fulcrum::start(&one_route(&[&b]).replace(
-        "listen = \"127.0.0.1:0\"\n\n[[route]]",
-        "listen = \"127.0.0.1:0\"\nidle_timeout = \"500ms\"\n\n[[route]]",
+    let f = Fulcrum::start(&with_listener_settings(
+        &one_route(&[&b]),
+        "idle_timeout = \"500ms\"",
     ));
     // One request, then parked at once; closed quietly at idle_timeout.
     let started = std::time::Instant::now();

@@ -423,15 +423,10 @@ async fn sigterm_closes_a_silent_new_connection_at_once() {
     let b = Backend::named("b").await;
     // Long enough that waiting for either would fail the time bound below.
     let f = Fulcrum::start(
-        &cfg(&[&b], "")
-            .replace(
-                "[[listener]]",
-                "[global]\nshutdown_timeout = \"30s\"\n\n[[listener]]",
-            )
-            .replace(
-                "listen = \"127.0.0.1:0\"\n\n[[route]]",
-                "listen = \"127.0.0.1:0\"\nheader_read_timeout = \"30s\"\n\n[[route]]",
-            ),
+        &with_listener_settings(&cfg(&[&b], ""), "header_read_timeout = \"30s\"").replace(
+            "[[listener]]",
+            "[global]\nshutdown_timeout = \"30s\"\n\n[[listener]]",
+        ),
     );
     let mut silent = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
     wait_metric(

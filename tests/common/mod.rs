@@ -376,6 +376,21 @@ pub fn config(rest: &str) -> String {
     )
 }
 
+/// `cfg` (made by `config`) with `lines` added to its `web` listener, e.g.
+/// `idle_timeout = "1s"`. Panics if the listener is not where `config`
+/// puts it, so a test cannot silently run with default settings.
+pub fn with_listener_settings(cfg: &str, lines: &str) -> String {
+    const END: &str = "listen = \"127.0.0.1:0\"\n\n[[route]]";
+    assert!(cfg.contains(END), "no [[listener]] to extend in:\n{cfg}");
+    cfg.replace(
+        END,
+        &format!(
+            "listen = \"127.0.0.1:0\"\n{}\n\n[[route]]",
+            lines.trim_end()
+        ),
+    )
+}
+
 /// `config` with one catch-all route to upstream `u` over `backends`.
 pub fn one_route(backends: &[&Backend]) -> String {
     config(&format!(
