@@ -10,7 +10,7 @@
 //! Parking (plain HTTP/1): when a keep-alive connection is idle — its last
 //! response written out, nothing buffered to write, the socket empty — a
 //! read can report end-of-stream instead of waiting. hyper then finishes
-//! the connection, `serve` takes the socket back (`into_parts`, shutdown
+//! the connection, `serve_h1` takes the socket back (`into_parts`, shutdown
 //! suppressed here) and waits for it to become readable with nothing else
 //! held: hyper's 8 KiB read and write buffers and its connection state are
 //! freed while the client thinks. A new hyper connection picks the socket
