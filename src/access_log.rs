@@ -61,6 +61,26 @@ impl AccessRecord {
         })
     }
 
+    /// A response to a request that never parsed (hyper's own 400/414/431,
+    /// or a 408 for a head that never arrived): method and path are `-`.
+    pub fn unparsed(listener: &Arc<str>, client: IpAddr, status: u16) -> AccessRecord {
+        AccessRecord {
+            started: Instant::now(),
+            listener: listener.clone(),
+            client,
+            method: Method::from_bytes(b"-").expect("a token"),
+            host: None,
+            uri: Uri::from_static("/"),
+            version: Version::HTTP_11,
+            status,
+            upstream: None,
+            server: None,
+            request_id: HeaderValue::from_static(""),
+            bytes: 0,
+            complete: true,
+        }
+    }
+
     /// Fills in what the response head decided.
     pub fn respond(
         &mut self,
@@ -108,7 +128,7 @@ impl Drop for AccessRecord {
             client = %self.client,
             method = %self.method,
             host = %self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-            path = %self.uri.path(),
+            path = %if self.method.as_str() == "-" { "-" } else { self.uri.path() },
             version = %version_str(self.version),
             status = self.status,
             upstream = %self.upstream.as_deref().unwrap_or(""),

@@ -310,6 +310,9 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "config warning");
+    }
     let old = state.current();
     if config.admin.listen != old.admin.listen {
         tracing::warn!(old = %old.admin.listen, new = %config.admin.listen, "admin.listen changes only on restart");

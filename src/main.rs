@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!("config ok");
                 ExitCode::SUCCESS
             }
@@ -31,7 +34,12 @@ fn main() -> ExitCode {
         Command::Run { config, watch, log } => {
             let _log_guard = fulcrum::logging::init(log.log_format, &log.log_level);
             let config = match Config::load(&config) {
-                Ok(c) => c,
+                Ok(c) => {
+                    for w in &c.warnings {
+                        tracing::warn!(warning = %w, "config warning");
+                    }
+                    c
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(1);

@@ -291,7 +291,8 @@ async fn reload_under_load_loses_nothing() {
     assert_eq!(metric(&m, "fulcrum_config_generation", &[]), Some(21.0));
 }
 
-/// A backend that accepts an HTTP/1.1 Upgrade and then echoes bytes.
+/// A backend that accepts an HTTP/1.1 WebSocket upgrade and then echoes bytes
+/// (no WebSocket framing: Fulcrum only tunnels them).
 async fn upgrade_echo_backend() -> Backend {
     Backend::start(|mut req: Request<hyper::body::Incoming>| async move {
         let on = hyper::upgrade::on(&mut req);
@@ -314,7 +315,7 @@ async fn upgrade_echo_backend() -> Backend {
         Response::builder()
             .status(101)
             .header("connection", "upgrade")
-            .header("upgrade", "echo")
+            .header("upgrade", "websocket")
             .body(full(""))
             .unwrap()
     })
@@ -327,9 +328,11 @@ async fn upgraded_tunnel_survives_reloads() {
     let other = Backend::named("other").await;
     let f = Fulcrum::start(&cfg(&[&b], ""));
     let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
-    s.write_all(b"GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -338,7 +341,7 @@ async fn upgraded_tunnel_survives_reloads() {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
     for i in 0..5 {
         // alternate the upstream's servers: the tunnel is pinned to its server
         let next = if i % 2 == 0 {

@@ -28,6 +28,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Findings that don't stop the config (`file:line:column: key: message`).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// More request header fields than this -> 431 (HTTP/1 and HTTP/2).
+    pub max_header_count: usize,
     pub max_request_body: Option<u64>,
     pub body_read_timeout: Duration,
     pub max_connections_per_client: usize,
@@ -244,6 +248,8 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_server: usize,
     /// Extra attempts on another server when the request was never sent.
     pub retries: u32,
+    /// A response with more header fields -> 502.
+    pub max_header_count: usize,
     pub protocol: UpstreamProtocol,
     /// Present when `protocol` uses TLS.
     pub tls: Option<UpstreamTls>,
@@ -323,6 +329,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_server: 64,
             retries: 1,
+            max_header_count: 100,
             retry_budget: 0.2,
             resolve_interval: Duration::from_secs(30),
             health_check: None,

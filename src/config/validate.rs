@@ -22,6 +22,7 @@ use crate::server::tls::{load_certified_key, server_config, MinVersion};
 pub(super) struct Ctx<'a> {
     text: &'a str,
     diags: Vec<Diagnostic>,
+    warnings: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -46,6 +47,14 @@ impl Ctx<'_> {
             key: key.into(),
             message: message.into(),
         });
+    }
+
+    /// A finding that does not stop the config: `check` prints it, `run`
+    /// logs it (once logging is set up).
+    pub(super) fn warning(&mut self, span: Range<usize>, key: &str, message: &str) {
+        let (line, column) = self.line_col(span.start);
+        self.warnings
+            .push(format!("{line}:{column}: {key}: {message}"));
     }
 
     pub(super) fn duration(&mut self, v: &Option<S>, key: &str, default: Duration) -> Duration {
@@ -125,6 +134,7 @@ pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Conf
     let mut ctx = Ctx {
         text,
         diags: Vec::new(),
+        warnings: Vec::new(),
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -138,8 +148,13 @@ pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Conf
             });
         }
     };
-    let config = validate(&mut ctx, path, raw);
+    let mut config = validate(&mut ctx, path, raw);
     if ctx.diags.is_empty() {
+        config.warnings = ctx
+            .warnings
+            .into_iter()
+            .map(|w| format!("{}:{w}", path.display()))
+            .collect();
         Ok(config)
     } else {
         ctx.diags.sort_by_key(|d| (d.line, d.column));
@@ -246,6 +261,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
         listeners,
         routes,
         upstreams,
+        warnings: Vec::new(),
     }
 }
 
@@ -315,6 +331,8 @@ fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) 
             65536
         }
     };
+    let max_header_count =
+        ctx.int(&l.max_header_count, &k("max_header_count"), 1..10_001, 100) as usize;
     let max_request_body = ctx.size(&l.max_request_body, &k("max_request_body"));
     let body_read_timeout = ctx.positive_duration(
         &l.body_read_timeout,
@@ -346,6 +364,7 @@ fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) 
         header_read_timeout,
         idle_timeout,
         max_header_bytes,
+        max_header_count,
         max_request_body,
         body_read_timeout,
         max_connections_per_client,
@@ -674,11 +693,10 @@ fn validate_upstream(
             .find_map(|s| s.get_ref().weight.as_ref())
         {
             if *w.get_ref() != 1 {
-                let (line, _) = ctx.line_col(w.span().start);
-                tracing::warn!(
-                    upstream = %name,
-                    line,
-                    "weights are ignored by strategy round-robin; use strategy = \"weighted\""
+                ctx.warning(
+                    w.span(),
+                    &format!("upstream.{name}.servers.weight"),
+                    "weights are ignored by strategy round-robin; use strategy = \"weighted\"",
                 );
             }
         }
@@ -737,6 +755,8 @@ fn validate_upstream(
         Duration::from_secs(30),
     );
     let retries = ctx.int(&u.retries, &k("retries"), 0..11, 1) as u32;
+    let max_header_count =
+        ctx.int(&u.max_header_count, &k("max_header_count"), 1..10_001, 100) as usize;
     let retry_budget = match &u.retry_budget {
         None => 0.2,
         Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
@@ -802,6 +822,7 @@ fn validate_upstream(
             64,
         ) as usize,
         retries,
+        max_header_count,
         retry_budget,
         resolve_interval,
         health_check,

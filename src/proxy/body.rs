@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessRecord;
 use crate::backend::InFlight;
+use crate::proxy::expect::Continue;
 use crate::proxy::pool::Upstream1;
 use crate::server::conn::ActiveGuard;
 
@@ -87,6 +88,8 @@ struct Streaming {
     last_progress: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
     flags: BodyFlags,
+    /// `Expect: 100-continue`: the body is not read until this opens.
+    expect: Option<(Arc<Continue>, Pin<Box<Sleep>>)>,
 }
 
 impl ReqBody {
@@ -104,8 +107,21 @@ impl ReqBody {
             last_progress: Instant::now(),
             sleep: None,
             flags: flags.clone(),
+            expect: None,
         };
         (ReqBody(Some(Box::new(body))), flags)
+    }
+
+    /// Holds the body back until the returned gate opens (see `expect`).
+    /// `None` for a bodiless request: there is nothing to hold.
+    pub fn expect_continue(&mut self) -> Option<Arc<Continue>> {
+        let body = self.0.as_deref_mut()?;
+        let gate = Arc::new(Continue::default());
+        body.expect = Some((
+            gate.clone(),
+            Box::pin(tokio::time::sleep(crate::proxy::expect::WAIT)),
+        ));
+        Some(gate)
     }
 
     /// An empty body (a bodiless request, or one replayed on another server).
@@ -125,6 +141,25 @@ impl Body for ReqBody {
         let Some(this) = self.0.as_deref_mut() else {
             return Poll::Ready(None);
         };
+        if let Some((gate, wait)) = &mut this.expect {
+            let open = match gate.poll(cx) {
+                Poll::Ready(open) => open,
+                Poll::Pending => {
+                    ready!(wait.as_mut().poll(cx));
+                    gate.open();
+                    true
+                }
+            };
+            if !open {
+                // The server answered on the head: the body is not wanted,
+                // and this upstream connection is not reused.
+                return Poll::Ready(Some(Err(Box::new(BodyError(
+                    "server answered before 100 Continue",
+                )))));
+            }
+            this.expect = None;
+            this.last_progress = Instant::now();
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.flags.set(BodyFlags::STARTED);

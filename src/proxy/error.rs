@@ -38,6 +38,11 @@ pub enum ProxyError {
     ResponseTimeout,
     #[error("upstream reset or closed the connection")]
     UpstreamReset(#[source] hyper::Error),
+    /// An HTTP/2 stream the server refused unprocessed (above a GOAWAY's
+    /// last-stream-id, or REFUSED_STREAM): safe to send again, whatever
+    /// the method (RFC 9113 §6.8, §8.7), and no sign of a failing server.
+    #[error("upstream refused the stream unprocessed")]
+    UpstreamRefused(#[source] hyper::Error),
     #[error("invalid upstream response")]
     UpstreamProtocol(#[source] hyper::Error),
     /// A response hyper accepts but a proxy must not forward (framing that
@@ -46,8 +51,6 @@ pub enum ProxyError {
     UpstreamFraming(&'static str),
     #[error("listener is draining")]
     Draining,
-    #[error("shutting down")]
-    ShuttingDown,
 }
 
 impl ProxyError {
@@ -55,9 +58,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyUpstream | ProxyError::Draining | ProxyError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyUpstream | ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -69,6 +70,7 @@ impl ProxyError {
             | ProxyError::Handshake(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -90,12 +92,14 @@ impl ProxyError {
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
             | ProxyError::UpstreamTls(_) => "upstream connect error\n",
-            ProxyError::UpstreamReset(_) => "upstream connection reset\n",
+            ProxyError::UpstreamReset(_) | ProxyError::UpstreamRefused(_) => {
+                "upstream connection reset\n"
+            }
             ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) => {
                 "invalid upstream response\n"
             }
             ProxyError::ResponseTimeout => "upstream response timeout\n",
-            ProxyError::Draining | ProxyError::ShuttingDown => "shutting down\n",
+            ProxyError::Draining => "shutting down\n",
         }
     }
 
@@ -108,8 +112,7 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::NotImplemented(_)
             | ProxyError::HeadersTooLarge
-            | ProxyError::Draining
-            | ProxyError::ShuttingDown => true,
+            | ProxyError::Draining => true,
             ProxyError::NoRoute
             | ProxyError::RateLimited(_)
             | ProxyError::NoHealthyUpstream
@@ -117,6 +120,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
             | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamRefused(_)
             | ProxyError::ResponseTimeout
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamProtocol(_)
@@ -143,8 +147,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::NotImplemented(_)
             | ProxyError::RateLimited(_)
-            | ProxyError::Draining
-            | ProxyError::ShuttingDown => None,
+            | ProxyError::UpstreamRefused(_)
+            | ProxyError::Draining => None,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::backend::ServerState;
 use crate::config::UpstreamConfig;
 use crate::proxy::body::ReqBody;
 use crate::proxy::error::ProxyError;
-use crate::proxy::pool::{Sender2, Upstream1};
+use crate::proxy::pool::{Sender2, Upstream1, H2};
 use crate::proxy::upstream_tls;
 
 /// A failed attempt; `request` is handed back when it was never sent, so the
@@ -28,22 +28,33 @@ pub struct Failed {
     pub request: Option<Request<ReqBody>>,
 }
 
+/// A bodiless request's head, to send it again: `idempotent` says whether
+/// that is safe after the server may have seen it.
+#[derive(Clone, Copy)]
+pub struct Replay<'a> {
+    pub rebuild: &'a (dyn Fn() -> Request<ReqBody> + Sync),
+    pub idempotent: bool,
+}
+
 /// Sends `req` to `server` and waits for the response head. The HTTP/1.1
 /// connection comes back with the response, to be pooled when its body ends
-/// (`None` for HTTP/2, whose connection is shared). `replay` rebuilds the
-/// request when it is safe to send again (bodiless and idempotent).
+/// (`None` for HTTP/2, whose connection is shared). `replay` rebuilds a
+/// bodiless request.
 pub async fn send(
     server: &Arc<ServerState>,
     cfg: &UpstreamConfig,
     req: Request<ReqBody>,
-    replay: Option<&(dyn Fn() -> Request<ReqBody> + Sync)>,
+    replay: Option<Replay<'_>>,
 ) -> Result<(Response<Incoming>, Option<Upstream1>), Failed> {
     if cfg.protocol.is_h2() {
         // Boxed, like every rarely taken path here: the request future lives
         // in a slot hyper keeps per client connection, so what sits inline
         // is paid by every idle connection.
-        return Box::pin(send_h2(server, cfg, req)).await.map(|r| (r, None));
+        return Box::pin(send_h2(server, cfg, req, replay))
+            .await
+            .map(|r| (r, None));
     }
+    let replay = replay.filter(|r| r.idempotent).map(|r| r.rebuild);
     send_h1(server, cfg, req, replay)
         .await
         .map(|(r, c)| (r, Some(c)))
@@ -123,37 +134,105 @@ async fn timed(
 }
 
 /// Sends on the server's shared HTTP/2 connection, opening it if needed.
+/// A connection that goes away (GOAWAY: hypercorn after 1,000 requests,
+/// gRPC's `max_connection_age`) is replaced once, and the streams it
+/// refused unprocessed are sent again on the replacement.
 async fn send_h2(
     server: &Arc<ServerState>,
     cfg: &UpstreamConfig,
     mut req: Request<ReqBody>,
+    replay: Option<Replay<'_>>,
 ) -> Result<Response<Incoming>, Failed> {
-    to_h2_request(&mut req, cfg, server);
-    if let Some(mut sender) = server.pool.h2(cfg.protocol) {
+    // Bounds the loop: each pass follows a connection that went away. A
+    // burst larger than what one connection takes before its GOAWAY is
+    // refused in part again on the next, so this is not 2 or 3; a server
+    // that refuses everything still gets a 502 quickly.
+    const ATTEMPTS: usize = 32;
+    for attempt in 1..=ATTEMPTS {
+        to_h2_request(&mut req, cfg, server);
+        let (mut sender, generation) = match h2_sender(server, cfg).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    request: Some(req),
+                })
+            }
+        };
         match exchange_h2(&mut sender, cfg, req).await {
-            Ok(resp) => return Ok(resp),
             // The connection went away (GOAWAY, close) before the request
-            // was taken: a fresh connection gets it.
+            // was taken: the next connection gets it.
             Err(Failed {
-                request: Some(r), ..
+                request: Some(r),
+                error,
             }) => {
-                server.pool.clear_h2();
+                if attempt == ATTEMPTS {
+                    return Err(Failed {
+                        error,
+                        request: Some(r),
+                    });
+                }
+                if server.pool.clear_h2(generation) {
+                    log_goaway(server, &error);
+                }
                 req = r;
             }
-            Err(f) => return Err(f),
+            Err(Failed {
+                error: ProxyError::UpstreamRefused(e),
+                request: None,
+            }) => match replay {
+                Some(r) if attempt < ATTEMPTS => {
+                    if server.pool.clear_h2(generation) {
+                        log_goaway(server, &e);
+                    }
+                    req = (r.rebuild)();
+                }
+                _ => {
+                    tracing::debug!(
+                        attempt,
+                        replayable = replay.is_some(),
+                        "refused stream: giving up"
+                    );
+                    return Err(Failed {
+                        error: ProxyError::UpstreamRefused(e),
+                        request: None,
+                    });
+                }
+            },
+            other => return other,
         }
     }
-    let mut sender = match Box::pin(connect_h2(server, cfg)).await {
-        Ok(s) => s,
-        Err(error) => {
-            return Err(Failed {
-                error,
-                request: Some(req),
-            })
-        }
-    };
-    server.pool.set_h2(sender.clone(), cfg.protocol);
-    exchange_h2(&mut sender, cfg, req).await
+    unreachable!("the last attempt returns")
+}
+
+/// Once per connection: the server is ending it (GOAWAY, or a close); what
+/// it had not processed goes to the next connection.
+fn log_goaway(server: &ServerState, why: &dyn std::fmt::Display) {
+    tracing::info!(upstream = %server.upstream, server = %server.addr, reason = %why, "upstream HTTP/2 connection going away (GOAWAY); unprocessed requests go to a new connection");
+}
+
+/// The server's shared HTTP/2 connection and its generation. Requests that
+/// find none open one at a time: the rest wait (at most `connect_timeout`)
+/// and share it, so a cold start or a GOAWAY opens one connection, not one
+/// per waiting request.
+async fn h2_sender(
+    server: &ServerState,
+    cfg: &UpstreamConfig,
+) -> Result<(Sender2, u64), ProxyError> {
+    match server.pool.h2_lookup(cfg.protocol) {
+        H2::Open(s, g) => return Ok((s, g)),
+        H2::Closed => log_goaway(server, &"closed by the server"),
+        H2::None => {}
+    }
+    let _turn = tokio::time::timeout(cfg.connect_timeout, server.pool.h2_connecting().lock())
+        .await
+        .ok();
+    if let Some(s) = server.pool.h2(cfg.protocol) {
+        return Ok(s);
+    }
+    let sender = Box::pin(connect_h2(server, cfg)).await?;
+    let generation = server.pool.set_h2(sender.clone(), cfg.protocol);
+    Ok((sender, generation))
 }
 
 async fn exchange_h2(
@@ -161,7 +240,20 @@ async fn exchange_h2(
     cfg: &UpstreamConfig,
     req: Request<ReqBody>,
 ) -> Result<Response<Incoming>, Failed> {
-    timed(cfg, sender.try_send_request(req)).await
+    timed(cfg, sender.try_send_request(req))
+        .await
+        .map_err(|f| match f.error {
+            // Queued for a connection that ended before opening its stream
+            // (hyper: canceled, or "dispatch gone"): never on the wire.
+            ProxyError::UpstreamReset(e) if e.is_canceled() || e.is_user() => Failed {
+                error: ProxyError::UpstreamRefused(e),
+                request: f.request,
+            },
+            error => Failed {
+                error,
+                request: f.request,
+            },
+        })
 }
 
 /// HTTP/2 wants the scheme and authority as pseudo-headers: the request
@@ -173,10 +265,14 @@ fn to_h2_request(req: &mut Request<ReqBody>, cfg: &UpstreamConfig, server: &Serv
     } else {
         Scheme::HTTP
     };
+    // `:authority` only, no `host` (as Envoy, HAProxy and Go send): RFC
+    // 9113 allows both when they agree, but nginx up to 1.29.0 answers the
+    // pair with 400 "client sent duplicate host header".
     let authority = req
-        .headers()
-        .get(HOST)
+        .headers_mut()
+        .remove(HOST)
         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| req.uri().authority().cloned())
         .or_else(|| Authority::try_from(server.label.as_str()).ok());
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(scheme);
@@ -283,8 +379,13 @@ async fn handshake_h1<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .writev(false)
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.writev(false);
+    // Any count but hyper's default of 100 costs an allocation per response.
+    if cfg.max_header_count != 100 {
+        b.max_headers(cfg.max_header_count);
+    }
+    let (sender, conn) = b
         .handshake(TokioIo::new(stream))
         .await
         .map_err(ProxyError::Handshake)?;
@@ -306,7 +407,26 @@ where
 fn classify(e: hyper::Error) -> ProxyError {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         ProxyError::UpstreamProtocol(e)
+    } else if refused_unprocessed(&e) {
+        ProxyError::UpstreamRefused(e)
     } else {
         ProxyError::UpstreamReset(e)
     }
+}
+
+/// An HTTP/2 stream the server never processed: one above the last-stream-id
+/// of a graceful (NO_ERROR) GOAWAY, or reset with REFUSED_STREAM. A GOAWAY
+/// with an error code is not taken as proof, since h2 then fails streams
+/// below its last-stream-id with the same error.
+fn refused_unprocessed(e: &hyper::Error) -> bool {
+    let mut cur = std::error::Error::source(e);
+    while let Some(s) = cur {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return h.is_remote()
+                && (h.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR)));
+        }
+        cur = s.source();
+    }
+    false
 }

@@ -20,9 +20,19 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 pub static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 
-/// Whether the message asks for an HTTP/1.1 protocol upgrade (WebSocket).
+/// Whether the message asks for an HTTP/1.1 upgrade that Fulcrum tunnels:
+/// WebSocket only. Any other protocol (`h2c` above all: a tunnelled h2c
+/// connection would carry requests past routing, rate limits and
+/// X-Forwarded-*, the "h2c smuggling" class) is not an upgrade to Fulcrum;
+/// its `Upgrade` and `Connection` headers are stripped like any hop-by-hop
+/// header and the request is forwarded as a plain request, as nginx does.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
+    let mut upgrades = headers.get_all(UPGRADE).iter();
+    let websocket = match (upgrades.next(), upgrades.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    websocket
         && headers
             .get_all(CONNECTION)
             .iter()
@@ -222,6 +232,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let with = |up: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                CONNECTION,
+                HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+            );
+            h.insert(UPGRADE, HeaderValue::from_str(up).unwrap());
+            wants_upgrade(&h)
+        };
+        assert!(with("websocket"));
+        assert!(with("WebSocket"));
+        assert!(!with("h2c"));
+        assert!(!with("websocket, h2c"));
+        assert!(!with("h2c, websocket"));
+        assert!(!with("TLS/1.0"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod expect;
 pub mod forward;
 pub mod headers;
 pub mod pool;
@@ -80,6 +81,7 @@ pub async fn handle(
     {
         conn.state.saw_upgrade();
     }
+    let http1 = req.version() < Version::HTTP_2;
     let request_id = headers::request_id(req.headers_mut());
     let table = shared.table.load_full();
     // The one client IP for hashing, rate limiting and logs.
@@ -98,7 +100,7 @@ pub async fn handle(
     let (mut resp, stats) = match table.listener(&conn.listener) {
         None => (error_response(&ProxyError::Draining, &request_id), None),
         Some(lt) => {
-            let route = match check_request(&shared, &conn, &lt.settings, &req) {
+            let route = match check_request(&conn, &lt.settings, &req) {
                 Err(e) => Err(e),
                 Ok(()) => lt
                     .route(request_host(&req), req.uri().path())
@@ -126,6 +128,7 @@ pub async fn handle(
                                 &conn,
                                 client_ip,
                                 &lt.settings,
+                                &request_id,
                                 req,
                                 &mut served,
                             ))
@@ -133,7 +136,7 @@ pub async fn handle(
                         }
                     };
                     let resp = r.unwrap_or_else(|e| {
-                        if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) = &e {
+                        if let ProxyError::Connect(_) | ProxyError::UpstreamReset(_) | ProxyError::UpstreamRefused(_) | ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamFraming(_) = &e {
                             tracing::debug!(upstream = %route.upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream failure");
                         }
                         error_response(&e, &request_id)
@@ -156,6 +159,13 @@ pub async fn handle(
         a.respond(status.as_u16(), upstream, served, &request_id);
     }
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    if shared.shutting_down.load(Ordering::Relaxed) && http1 {
+        // Shutting down: a request that reached us on a live connection is
+        // served, and the connection closes after it (HTTP/2 is told by
+        // the listener's GOAWAY instead), as nginx and HAProxy do.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The tunnel task holds its own accounting; the response ends here.
         drop(active);
@@ -164,18 +174,17 @@ pub async fn handle(
     resp.map(|b| b.with_guard(active).with_access(access))
 }
 
-/// Checks that don't need a route: shutdown, head size, framing and Host.
+/// Checks that don't need a route: head size, framing and Host.
 fn check_request(
-    shared: &Shared,
     conn: &ConnInfo,
     settings: &crate::config::ListenerConfig,
     req: &Request<Incoming>,
 ) -> Result<(), ProxyError> {
-    if shared.shutting_down.load(Ordering::Relaxed) {
-        return Err(ProxyError::ShuttingDown);
-    }
     let head = req.uri().path_and_query().map_or(0, |p| p.as_str().len()) + 16;
-    if head + headers::head_size(req.headers()) > settings.max_header_bytes {
+    // hyper counts HTTP/1 fields itself; this holds HTTP/2 to the same limit.
+    if head + headers::head_size(req.headers()) > settings.max_header_bytes
+        || req.headers().len() > settings.max_header_count
+    {
         return Err(ProxyError::HeadersTooLarge);
     }
     // hyper lets Transfer-Encoding override Content-Length (and closes);
@@ -193,6 +202,7 @@ async fn proxy(
     conn: &ConnInfo,
     client_ip: IpAddr,
     settings: &crate::config::ListenerConfig,
+    request_id: &HeaderValue,
     req: Request<Incoming>,
     served: &mut Option<std::net::SocketAddr>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -207,21 +217,47 @@ async fn proxy(
         && headers::wants_upgrade(req.headers())
         && !upstream.config.protocol.is_h2();
     let (mut parts, incoming) = req.into_parts();
+    // Only HTTP/1.1 clients wait for 100 Continue (hyper's HTTP/2 server
+    // sends none), and only an HTTP/1 server can send one to relay.
+    let expect = parts.version == Version::HTTP_11
+        && !upstream.config.protocol.is_h2()
+        && expect::expects_continue(&parts.headers);
     let client_upgrade =
         upgrade.then(|| hyper::upgrade::on(Request::from_parts(parts.clone(), ())));
     let ctx = upstream.pick_context(&parts, client_ip);
     let sticky = upstream.sticky_target(&parts.headers);
-    rewrite_request(&mut parts, conn, upgrade);
-    // A bodiless idempotent request can be replayed on another server if the
-    // first one resets or times out before answering; keep its head for that.
-    let replay = (hyper::body::Body::is_end_stream(&incoming) && is_idempotent(&parts.method))
-        .then(|| parts.clone());
-    let (body, flags) = ReqBody::new(
+    rewrite_request(&mut parts, conn, request_id, upgrade);
+    if !upstream.config.protocol.is_h2()
+        && !hyper::body::Body::is_end_stream(&incoming)
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+    {
+        // A body of unknown length (HTTP/2 allows one on any method) is sent
+        // chunked: hyper's HTTP/1 client would send a GET's or HEAD's as
+        // empty, losing it.
+        parts
+            .headers
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    // A bodiless request can be sent again: an idempotent one on another
+    // server if the first resets or times out before answering, any one
+    // when an HTTP/2 server refused its stream unprocessed. Keep its head.
+    let idempotent = is_idempotent(&parts.method);
+    let replay = hyper::body::Body::is_end_stream(&incoming).then(|| parts.clone());
+    let (mut body, flags) = ReqBody::new(
         incoming,
         settings.max_request_body,
         settings.body_read_timeout,
     );
+    let gate = if expect { body.expect_continue() } else { None };
     let mut req = Request::from_parts(parts, body);
+    if let Some(g) = &gate {
+        let g = g.clone();
+        hyper::ext::on_informational(&mut req, move |res| {
+            if res.status() == StatusCode::CONTINUE {
+                g.open();
+            }
+        });
+    }
 
     let mut tried: Vec<&Arc<ServerState>> = Vec::new();
     let mut attempts_left = upstream.config.retries + 1;
@@ -241,10 +277,43 @@ async fn proxy(
                 .expect("only offered with a replayable head");
             Request::from_parts(p.clone(), ReqBody::empty())
         };
-        let replay_fn: Option<&(dyn Fn() -> Request<ReqBody> + Sync)> =
-            replay.as_ref().map(|_| &rebuild as _);
+        let replay_fn = replay.as_ref().map(|_| forward::Replay {
+            rebuild: &rebuild,
+            idempotent,
+        });
         match forward::send(server, &upstream.config, req, replay_fn).await {
-            Ok((resp, conn1)) => {
+            Ok((resp, mut conn1)) => {
+                if gate.as_ref().is_some_and(|g| g.refuse()) {
+                    // Answered on the head: the body was never sent, so the
+                    // connection is mid-request and can't be reused.
+                    conn1 = None;
+                }
+                // A 101 is only ever relayed to a WebSocket upgrade the
+                // client asked for (and Fulcrum forwarded); any other is an
+                // attempt to open a tunnel past routing (h2c smuggling).
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
+                    drop((resp, conn1));
+                    server.metrics.error(crate::metrics::ErrorKind::Protocol);
+                    return Err(invalid_response(
+                        upstream,
+                        server,
+                        ProxyError::UpstreamFraming(
+                            "101 Switching Protocols to a request that asked for no upgrade",
+                        ),
+                    ));
+                }
+                // hyper's HTTP/1 client enforces the count itself; HTTP/2
+                // responses are held to the same limit here.
+                if resp.headers().len() > upstream.config.max_header_count {
+                    drop((resp, conn1));
+                    server.metrics.error(crate::metrics::ErrorKind::Protocol);
+                    passive::record(upstream, server, true);
+                    return Err(invalid_response(
+                        upstream,
+                        server,
+                        ProxyError::UpstreamFraming("more header fields than max_header_count"),
+                    ));
+                }
                 // hyper lets Transfer-Encoding win over Content-Length in a
                 // response; forwarding the pair would leave the client to
                 // guess. 502, and the connection is dropped, not pooled.
@@ -255,7 +324,7 @@ async fn proxy(
                     let e = ProxyError::UpstreamFraming("Content-Length with Transfer-Encoding");
                     server.metrics.error(crate::metrics::ErrorKind::Protocol);
                     passive::record(upstream, server, true);
-                    return Err(e);
+                    return Err(invalid_response(upstream, server, e));
                 }
                 let latency = sent_at.elapsed();
                 server
@@ -281,8 +350,14 @@ async fn proxy(
                 return Ok(resp);
             }
             Err(f) => {
-                server.ewma.penalize();
                 let e = body_error(&flags).unwrap_or(f.error);
+                if !matches!(e, ProxyError::UpstreamRefused(_)) {
+                    server.ewma.penalize();
+                }
+                let e = match e {
+                    ProxyError::UpstreamProtocol(_) => invalid_response(upstream, server, e),
+                    e => e,
+                };
                 if let Some(kind) = e.upstream_kind() {
                     server.metrics.error(kind);
                     passive::record(upstream, server, true);
@@ -292,8 +367,12 @@ async fn proxy(
                     _ if matches!(
                         e,
                         ProxyError::UpstreamReset(_) | ProxyError::ResponseTimeout
-                    ) && !flags.started() =>
+                    ) && !flags.started()
+                        && idempotent =>
                     {
+                        replay.as_ref().map(|_| rebuild())
+                    }
+                    _ if matches!(e, ProxyError::UpstreamRefused(_)) => {
                         replay.as_ref().map(|_| rebuild())
                     }
                     _ => None,
@@ -316,6 +395,20 @@ async fn proxy(
             }
         }
     }
+}
+
+/// Logs why a server's response was refused (warn: the operator must be
+/// able to see what the 502 hides) and hands the error on.
+fn invalid_response(upstream: &Upstream, server: &ServerState, e: ProxyError) -> ProxyError {
+    let cause = std::error::Error::source(&e).map(|s| s.to_string());
+    tracing::warn!(
+        upstream = %upstream.name,
+        server = %server.addr,
+        reason = %e,
+        cause = cause.as_deref().unwrap_or(""),
+        "invalid upstream response"
+    );
+    e
 }
 
 fn is_idempotent(m: &http::Method) -> bool {
@@ -365,9 +458,17 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 
 /// Request headers for the server: hop-by-hop removed, X-Forwarded-*, Host
 /// kept (or made from the HTTP/2 authority), origin-form URI, HTTP/1.1.
-fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: bool) {
+fn rewrite_request(
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) {
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h, upgrade);
+    // Set after the hop-by-hop removal, so a client cannot strip Fulcrum's
+    // own headers by naming them in `Connection`.
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
     headers::append_forwarded_for(h, &conn.client_ip_value);
     h.insert(
         X_FORWARDED_PROTO.clone(),

@@ -35,10 +35,21 @@ struct Idle {
 /// A handle on a shared HTTP/2 connection to a server.
 pub type Sender2 = hyper::client::conn::http2::SendRequest<ReqBody>;
 
+/// What `Pool::h2_lookup` found.
+pub enum H2 {
+    Open(Sender2, u64),
+    /// There was one, and it has closed since its last use.
+    Closed,
+    None,
+}
+
 struct Shared2 {
     sender: Sender2,
     last_used: Instant,
     protocol: UpstreamProtocol,
+    /// Which connection this is, so that a request that saw an old one fail
+    /// does not forget its replacement.
+    generation: u64,
 }
 
 /// Idle connections to one server. The mutex guards a push or a pop, never
@@ -47,6 +58,11 @@ struct Shared2 {
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<Shared2>>,
+    h2_generation: std::sync::atomic::AtomicU64,
+    /// Held while a new HTTP/2 connection is being opened: requests that
+    /// find none wait behind it and share it, rather than each opening
+    /// their own.
+    h2_connecting: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
@@ -101,36 +117,67 @@ impl Pool {
         }
     }
 
-    /// A handle on the server's open HTTP/2 connection, if there is one.
-    pub fn h2(&self, protocol: UpstreamProtocol) -> Option<Sender2> {
+    /// A handle on the server's open HTTP/2 connection, if there is one,
+    /// with its generation.
+    pub fn h2(&self, protocol: UpstreamProtocol) -> Option<(Sender2, u64)> {
+        match self.h2_lookup(protocol) {
+            H2::Open(s, g) => Some((s, g)),
+            H2::Closed | H2::None => None,
+        }
+    }
+
+    /// Like `h2`, but tells a connection that was just found closed (the
+    /// server's GOAWAY, or its close) from none at all.
+    pub fn h2_lookup(&self, protocol: UpstreamProtocol) -> H2 {
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         match h2.as_mut() {
             Some(s) if !s.sender.is_closed() && s.protocol == protocol => {
                 s.last_used = Instant::now();
-                Some(s.sender.clone())
+                H2::Open(s.sender.clone(), s.generation)
             }
-            Some(_) => {
+            Some(s) => {
+                let closed = s.sender.is_closed();
                 *h2 = None;
-                None
+                if closed {
+                    H2::Closed
+                } else {
+                    H2::None
+                }
             }
-            None => None,
+            None => H2::None,
         }
     }
 
-    /// Makes `sender` the server's shared HTTP/2 connection.
-    pub fn set_h2(&self, sender: Sender2, protocol: UpstreamProtocol) {
+    /// The lock to hold while opening the server's HTTP/2 connection.
+    pub fn h2_connecting(&self) -> &tokio::sync::Mutex<()> {
+        &self.h2_connecting
+    }
+
+    /// Makes `sender` the server's shared HTTP/2 connection; returns its
+    /// generation.
+    pub fn set_h2(&self, sender: Sender2, protocol: UpstreamProtocol) -> u64 {
+        let generation = 1 + self
+            .h2_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         *h2 = Some(Shared2 {
             sender,
             last_used: Instant::now(),
             protocol,
+            generation,
         });
+        generation
     }
 
-    /// Forgets the shared HTTP/2 connection (it failed).
-    pub fn clear_h2(&self) {
+    /// Forgets the shared HTTP/2 connection of `generation` (it failed or
+    /// is going away); a newer one is kept. True when this call forgot it.
+    pub fn clear_h2(&self, generation: u64) -> bool {
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        *h2 = None;
+        let current = h2.as_ref().is_some_and(|s| s.generation == generation);
+        if current {
+            *h2 = None;
+        }
+        current
     }
 
     pub fn idle_count(&self) -> usize {

@@ -60,6 +60,8 @@ pub struct ConnState {
     /// ends and hands it the socket (even after a plain response), so this
     /// connection is never parked.
     upgrade_seen: AtomicBool,
+    /// Set when `TimedIo` answered 408 to a slow request head.
+    sent_408: AtomicBool,
 }
 
 impl ConnState {
@@ -81,6 +83,11 @@ impl ConnState {
     /// `upgrade_seen`).
     pub fn saw_upgrade(&self) {
         self.upgrade_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this connection ended with our own 408 for a slow head.
+    pub fn sent_408(&self) -> bool {
+        self.sent_408.load(Ordering::Relaxed)
     }
 
     fn active(&self) -> u32 {
@@ -331,6 +338,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
             }
             if this.phase == Phase::Head && this.head_bytes && !this.h2 {
                 // Best effort: the head is incomplete, so nothing else is being written.
+                this.state.sent_408.store(true, Ordering::Relaxed);
                 let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
                 let _ = Pin::new(&mut this.inner).poll_flush(cx);
                 return Poll::Ready(Err(io::Error::new(

@@ -434,7 +434,12 @@ macro_rules! http1_settings {
             // is in flight, which costs a fresh 8 KiB buffer per request
             // (the old one is still shared with the request head).
             .half_close(true)
-            .writev(false)
+            .writev(false);
+        // hyper's default is 100, parsed on the stack; any other count
+        // costs a heap allocation per request, so it is only set when asked.
+        if $s.max_header_count != 100 {
+            $b.max_headers($s.max_header_count);
+        }
     };
 }
 
@@ -490,6 +495,8 @@ where
             settings.idle_timeout,
             park,
         ));
+        // Kept for counting what hyper answers itself (a parse error).
+        let (conn_shared, conn_info) = (shared.clone(), info.clone());
         let svc = service_fn(move |req| {
             let fut = proxy::handle(shared.clone(), info.clone(), req);
             async move { Ok::<_, Infallible>(fut.await) }
@@ -515,8 +522,54 @@ where
                 Box::pin(watcher.watch(conn)).await
             }
         };
+        let status = if conn_info.state.sent_408() {
+            Some(408)
+        } else {
+            result.as_ref().err().and_then(|e| automatic_status(&**e))
+        };
+        if let Some(code) = status {
+            count_unparsed(&conn_shared, &conn_info, code);
+        }
         if let Err(e) = result {
             tracing::trace!(error = %e, "client connection ended with error");
+        }
+    }
+}
+
+/// The status hyper answered on its own when a request head did not parse
+/// (its `on_error`: 431 too large, 414 URI too long, else 400), found in a
+/// connection's error.
+fn automatic_status(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                let uri = h.to_string().contains("URI");
+                return Some(if uri { 414 } else { 431 });
+            }
+            // An HTTP/2 preface on an HTTP/1 connection gets no answer.
+            if h.is_parse() && !h.to_string().contains("HTTP/2") {
+                return Some(400);
+            }
+            return None;
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Counts (and logs, with the access log on) a response Fulcrum sent for a
+/// request that never reached the handler, under `upstream=""`.
+fn count_unparsed(shared: &proxy::Shared, info: &proxy::ConnInfo, code: u16) {
+    let table = shared.table.load();
+    if let Some(lt) = table.listener(&info.listener) {
+        lt.no_route.metrics.requests.inc(code);
+        if table.config.global.access_log {
+            drop(crate::access_log::AccessRecord::unparsed(
+                &info.listener,
+                info.client_ip,
+                code,
+            ));
         }
     }
 }
