@@ -2,21 +2,22 @@
 //! runs background tasks, handles SIGHUP (reload) and SIGTERM/SIGINT (drain).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{clock_ms, Registry};
+use crate::backend::Registry;
+use crate::clock::{clock_ms, unix_now};
 use crate::config::Config;
 use crate::health::active::ActiveChecks;
 use crate::health::dns;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
+use crate::reload::{reload, start_listener, AppState};
 use crate::routing::RoutingTable;
-use crate::server::{self, RunningListener};
+use crate::server;
 
 /// Why the daemon could not start; maps to SPEC's exit codes.
 #[derive(Debug, thiserror::Error)]
@@ -37,60 +38,6 @@ impl AppError {
             AppError::Bind { .. } => 2,
             AppError::Signals(_) => 1,
         }
-    }
-}
-
-/// The result of the last reload attempt, for the status page.
-#[derive(Debug, Clone)]
-pub struct ReloadOutcome {
-    pub at_unix: f64,
-    pub generation: u64,
-    /// `None` when it succeeded.
-    pub error: Option<String>,
-}
-
-/// State shared by the admin endpoints, reloads and shutdown.
-pub struct AppState {
-    pub shared: Arc<Shared>,
-    pub started: AtomicBool,
-    pub last_reload: std::sync::Mutex<Option<ReloadOutcome>>,
-    pub config_path: PathBuf,
-    generation: AtomicU64,
-    listeners: tokio::sync::Mutex<Vec<RunningListener>>,
-    shutdown_timeout_ms: Arc<AtomicU64>,
-    /// Serialises snapshot swaps (reload, health changes, DNS changes) so a
-    /// slower builder can never overwrite a newer config with an older one.
-    swap: tokio::sync::Mutex<()>,
-    /// Serialises whole reloads (SIGHUP and `--watch`), so a reload that
-    /// read the file earlier can never publish after one that read it later.
-    reloading: tokio::sync::Mutex<()>,
-    checks: ActiveChecks,
-}
-
-impl AppState {
-    fn current(&self) -> Arc<Config> {
-        self.shared.table.load().config.clone()
-    }
-
-    /// Bound address of each running listener, by name (for the status
-    /// page; empty while a reload holds the list).
-    pub fn bound_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
-            .try_lock()
-            .map(|l| l.iter().map(|r| (r.name.clone(), r.local)).collect())
-            .unwrap_or_default()
-    }
-
-    /// Builds and swaps in a snapshot; call with `swap` held.
-    fn publish(&self, config: Arc<Config>, generation: u64) -> Arc<RoutingTable> {
-        let table = Arc::new(RoutingTable::build(
-            config,
-            &self.shared.registry,
-            generation,
-        ));
-        self.shared.table.store(table.clone());
-        self.checks.reconcile(&table);
-        table
     }
 }
 
@@ -177,7 +124,9 @@ pub async fn run_with(
         let mut running = state.listeners.lock().await;
         let table = shared.table.load();
         for (sock, l) in socks.into_iter().zip(&table.listeners) {
-            let r = start_listener(&state, sock, l.settings.clone())?;
+            let addr = l.settings.listen;
+            let r = start_listener(&state, sock, l.settings.clone())
+                .map_err(|source| AppError::Bind { addr, source })?;
             bound.listeners.push((r.name.clone(), r.local));
             running.push(r);
         }
@@ -199,26 +148,6 @@ pub async fn run_with(
     signals.serve(&state).await;
     shutdown(&state).await;
     Ok(())
-}
-
-fn start_listener(
-    state: &Arc<AppState>,
-    sock: std::net::TcpListener,
-    settings: Arc<crate::config::ListenerConfig>,
-) -> Result<RunningListener, AppError> {
-    let timeout = state.shutdown_timeout_ms.clone();
-    let configured = settings.listen;
-    server::spawn(
-        sock,
-        configured,
-        settings,
-        state.shared.clone(),
-        Arc::new(move || Duration::from_millis(timeout.load(Ordering::Relaxed))),
-    )
-    .map_err(|source| AppError::Bind {
-        addr: configured,
-        source,
-    })
 }
 
 /// Signal streams, installed before anything is announced as ready so that
@@ -273,108 +202,6 @@ impl Signals {
     async fn serve(self, _state: &Arc<AppState>) {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Reloads the config file; on any failure the running config is untouched.
-pub async fn reload(state: &Arc<AppState>) {
-    let _one_at_a_time = state.reloading.lock().await;
-    let m = state.shared.registry.metrics.clone();
-    let result = try_reload(state).await;
-    if let Ok(mut last) = state.last_reload.lock() {
-        *last = Some(ReloadOutcome {
-            at_unix: unix_now(),
-            generation: state.generation.load(Ordering::Relaxed),
-            error: result.as_ref().err().cloned(),
-        });
-    }
-    match result {
-        Ok(generation) => {
-            m.config_reloads_total.with_label_values(&["success"]).inc();
-            m.config_last_reload_successful.set(1);
-            m.config_last_reload_success_timestamp_seconds
-                .set(unix_now());
-            m.config_generation.set(generation as i64);
-            tracing::info!(generation, "config reloaded");
-        }
-        Err(e) => {
-            m.config_reloads_total.with_label_values(&["failure"]).inc();
-            m.config_last_reload_successful.set(0);
-            tracing::error!(error = %e, "config reload failed; the previous config keeps serving");
-        }
-    }
-}
-
-async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
-    let path = state.config_path.clone();
-    let config = tokio::task::spawn_blocking(move || Config::load(&path))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    for w in &config.warnings {
-        tracing::warn!(warning = %w, "config warning");
-    }
-    let old = state.current();
-    if config.admin.listen != old.admin.listen {
-        tracing::warn!(old = %old.admin.listen, new = %config.admin.listen, "admin.listen changes only on restart");
-    }
-    let mut running = state.listeners.lock().await;
-    // Bind new addresses before anything changes; a taken port fails here.
-    let mut fresh = Vec::new();
-    // A listener is the same listener when both its name and its configured
-    // address are unchanged; it then keeps its socket and connections.
-    let same = |r: &RunningListener, l: &crate::config::ListenerConfig| {
-        r.name == l.name && r.configured == l.listen
-    };
-    for l in &config.listeners {
-        if running.iter().any(|r| same(r, l)) {
-            continue;
-        }
-        let sock = server::bind(l.listen).map_err(|e| {
-            let renamed = running.iter().find(|r| r.configured == l.listen && l.listen.port() != 0);
-            match renamed {
-                Some(r) => format!(
-                    "cannot listen on {} for listener \"{}\": {e} (held by listener \"{}\"; renaming a bound listener needs a restart)",
-                    l.listen, l.name, r.name
-                ),
-                None => format!("cannot listen on {} for listener \"{}\": {e}", l.listen, l.name),
-            }
-        })?;
-        fresh.push(sock);
-    }
-    let config = Arc::new(config);
-    let generation = state.generation.load(Ordering::Relaxed) + 1;
-    let table = {
-        let _swap = state.swap.lock().await;
-        state.publish(config.clone(), generation)
-    };
-    let settings: Vec<_> = table.listeners.iter().map(|l| l.settings.clone()).collect();
-    state.generation.store(generation, Ordering::Relaxed);
-    state.shutdown_timeout_ms.store(
-        config.global.shutdown_timeout.as_millis() as u64,
-        Ordering::Relaxed,
-    );
-
-    // Removed listeners stop accepting and drain in the background.
-    let (keep, gone): (Vec<_>, Vec<_>) = running
-        .drain(..)
-        .partition(|r| config.listeners.iter().any(|l| same(r, l)));
-    *running = keep;
-    let timeout = config.global.shutdown_timeout;
-    for r in gone {
-        tracing::info!(listener = %r.name, addr = %r.local, "listener removed: draining");
-        tokio::spawn(r.drain(timeout));
-    }
-    let mut fresh = fresh.into_iter();
-    for s in settings {
-        if running.iter().any(|r| same(r, &s)) {
-            continue;
-        }
-        let Some(sock) = fresh.next() else { break };
-        let r = start_listener(state, sock, s).map_err(|e| e.to_string())?;
-        tracing::info!(listener = %r.name, addr = %r.local, "listening");
-        running.push(r);
-    }
-    Ok(generation)
 }
 
 async fn shutdown(state: &Arc<AppState>) {
@@ -469,11 +296,4 @@ async fn evict_idle_connections(shared: Arc<Shared>) {
             }
         }
     }
-}
-
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

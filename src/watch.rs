@@ -1,5 +1,5 @@
 //! `fulcrum run --watch`: reloads, through the same validate-then-swap path
-//! as SIGHUP ([`app::reload`]), when the config file or a certificate it
+//! as SIGHUP ([`reload::reload`]), when the config file or a certificate it
 //! names changes on disk.
 //!
 //! The files are polled, not watched with inotify: every 500 ms each one is
@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::{self, AppState};
 use crate::config::Config;
+use crate::reload::{self, AppState};
 
 /// How often the files are read.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -114,7 +114,7 @@ async fn run(state: Arc<AppState>, mut seen: Fingerprint) {
             .map(|(p, _)| p.display().to_string())
             .collect();
         tracing::info!(files = ?changed, "watched file changed: reloading");
-        app::reload(&state).await;
+        reload::reload(&state).await;
         // The hashes taken before the reload are the baseline: a change that
         // raced with the reload differs from them and reloads again. Files
         // the new config names for the first time are hashed now.

@@ -18,8 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::app::AppState;
 use crate::backend::Registry;
+use crate::reload::AppState;
 use crate::routing::RoutingTable;
 use status::Sampler;
 

@@ -93,7 +93,7 @@ fn err_class(r: Option<f64>) -> &'static str {
 }
 
 fn ago(unix: f64) -> String {
-    let secs = (crate::app::unix_now() - unix).max(0.0) as u64;
+    let secs = (crate::clock::unix_now() - unix).max(0.0) as u64;
     match secs {
         0..=59 => format!("{secs}s ago"),
         60..=3599 => format!("{}m ago", secs / 60),
@@ -344,7 +344,7 @@ mod tests {
             rate_window_seconds: 10.0,
             reload: ReloadStatus {
                 last_result: "failure",
-                last_attempt_unix: Some(crate::app::unix_now() - 5.0),
+                last_attempt_unix: Some(crate::clock::unix_now() - 5.0),
                 last_error: Some("f.toml:3:1: route[0].upstream: no upstream named \"x\"".into()),
                 last_success_unix: 0.0,
                 successes: 2,

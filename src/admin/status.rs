@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use prometheus::core::Metric;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::backend::ServerState;
 use crate::config::HostMatch;
+use crate::reload::AppState;
 use crate::routing::RoutingTable;
 
 /// How far back rates look.

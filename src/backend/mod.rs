@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
-pub use crate::balance::clock_ms;
-use crate::balance::{clock_ms_at, LoadHook, PeakEwma};
+use crate::balance::{LoadHook, PeakEwma};
+use crate::clock::{clock_ms, clock_ms_at};
 
 use crate::config::RateLimit;
-use crate::health::budget::RetryBudget;
 use crate::metrics::{Metrics, RouteMetrics, ServerMetrics};
 use crate::proxy::pool::Pool;
-use crate::proxy::ratelimit::RouteLimiter;
+use crate::ratelimit::RouteLimiter;
+use crate::retry_budget::RetryBudget;
 
 /// State of one server of one upstream.
 pub struct ServerState {

@@ -27,8 +27,10 @@ pub use sticky::Sticky;
 pub use weighted::Weighted;
 
 use std::cell::Cell;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::clock_ms;
 
 use crate::backend::ServerState;
 use crate::config::{Strategy, UpstreamConfig};
@@ -101,27 +103,6 @@ impl Balancer {
             Balancer::Maglev(b) => b.pick(ctx),
         }
     }
-}
-
-/// Milliseconds on the process's monotonic clock.
-#[inline]
-pub fn clock_ms() -> u64 {
-    clock_ms_at(Instant::now())
-}
-
-/// `t` on the process's monotonic clock, in milliseconds.
-pub fn clock_ms_at(t: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    // Set in the past so that `up_since` instants a little before the first
-    // use still map to distinct times.
-    let epoch = *EPOCH.get_or_init(|| {
-        let now = Instant::now();
-        [86_400, 3_600, 60, 0]
-            .into_iter()
-            .find_map(|s| now.checked_sub(Duration::from_secs(s)))
-            .unwrap_or(now)
-    });
-    t.saturating_duration_since(epoch).as_millis() as u64
 }
 
 /// A fast per-thread pseudo-random number (xorshift64*); not for secrets.

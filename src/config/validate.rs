@@ -17,7 +17,7 @@ use super::{
     ListenerConfig, ListenerTls, RateLimit, RouteConfig, ServerConfig, StickyConfig, Strategy,
     UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
-use crate::server::tls::{load_certified_key, server_config, MinVersion};
+use crate::tls::server::{load_certified_key, server_config, MinVersion};
 
 pub(super) struct Ctx<'a> {
     text: &'a str,
@@ -877,7 +877,7 @@ fn validate_upstream_tls(
         .tls_ca
         .as_ref()
         .map(|c| config_relative(path, c.get_ref()));
-    match crate::proxy::upstream_tls::client_config(ca.as_deref(), protocol.is_h2()) {
+    match crate::tls::client::client_config(ca.as_deref(), protocol.is_h2()) {
         Ok(client) => Some(UpstreamTls {
             client,
             server_name,

@@ -196,7 +196,7 @@ async fn probe_once(
         .map_err(|e| format!("request: {e}"))?;
     let status = match &target.tls {
         Some((client, name)) => {
-            let tls = crate::proxy::upstream_tls::connect(client.clone(), name.clone(), stream)
+            let tls = crate::tls::client::connect(client.clone(), name.clone(), stream)
                 .await
                 .map_err(|e| format!("tls: {e}"))?;
             exchange(TokioIo::new(tls), h2, req).await?

@@ -4,6 +4,5 @@
 //! `Registry::health_changed` and the app rebuilds the routing snapshot.
 
 pub mod active;
-pub mod budget;
 pub mod dns;
 pub mod passive;

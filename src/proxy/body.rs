@@ -20,9 +20,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessRecord;
 use crate::backend::InFlight;
+use crate::conn_state::ActiveGuard;
 use crate::proxy::expect::Continue;
 use crate::proxy::pool::Upstream1;
-use crate::server::conn::ActiveGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

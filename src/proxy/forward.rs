@@ -19,7 +19,7 @@ use crate::config::UpstreamConfig;
 use crate::proxy::body::ReqBody;
 use crate::proxy::error::ProxyError;
 use crate::proxy::pool::{Sender2, Upstream1, H2};
-use crate::proxy::upstream_tls;
+use crate::tls::client as upstream_tls;
 
 /// A failed attempt; `request` is handed back when it was never sent, so the
 /// caller may try another server with it.

@@ -10,8 +10,6 @@ pub mod expect;
 pub mod forward;
 pub mod headers;
 pub mod pool;
-pub mod ratelimit;
-pub mod upstream_tls;
 pub mod validate;
 
 use std::net::IpAddr;
@@ -29,11 +27,12 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::backend::{clock_ms, InFlight, Registry, ServerState};
+use crate::backend::{InFlight, Registry, ServerState};
 use crate::balance::{ewma, PickContext};
+use crate::clock::clock_ms;
+use crate::conn_state::{ActiveGuard, ConnState};
 use crate::health::passive;
 use crate::routing::{request_host, RoutingTable, Upstream};
-use crate::server::conn::{ActiveGuard, ConnState};
 use body::{BodyFlags, Finish, ProxyBody, ReqBody, UpstreamBody};
 use error::ProxyError;
 use headers::{PROTO_HTTP, PROTO_HTTPS, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};

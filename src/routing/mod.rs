@@ -16,8 +16,8 @@ use prometheus::IntCounter;
 use crate::backend::{Registry, RouteStats, ServerState};
 use crate::balance::{key, Balancer, PickContext, Sticky};
 use crate::config::{Config, HostMatch, ListenerConfig, Strategy, UpstreamConfig};
-use crate::health::budget::RetryBudget;
-use crate::proxy::ratelimit::RouteLimiter;
+use crate::ratelimit::RouteLimiter;
+use crate::retry_budget::RetryBudget;
 
 /// One immutable generation of the routing configuration.
 pub struct RoutingTable {

@@ -4,7 +4,6 @@
 pub mod conn;
 mod head_scan;
 pub mod proxy_protocol;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,8 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::ListenerConfig;
+use crate::conn_state::ConnState;
 use crate::proxy::{self, ConnInfo, Shared};
-use conn::{ConnState, TimedIo, H2_PREFACE};
+use crate::tls;
+use conn::{TimedIo, H2_PREFACE};
 use proxy_protocol::PrefixedIo;
 
 /// Binds a listening socket. Done before anything is started or swapped, so a
@@ -360,7 +361,7 @@ async fn serve_tls(
     serving: Serving,
     handshake_errors: &prometheus::IntCounter,
 ) {
-    match tls::accept(cfg, stream, settings.header_read_timeout).await {
+    match tls::server::accept(cfg, stream, settings.header_read_timeout).await {
         Ok(stream) => {
             let proto = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Proto::H2,

@@ -10,7 +10,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::server::tls::{load_certs, provider};
+use super::{load_certs, provider};
 
 /// Builds the client settings of one upstream. `ca` replaces the webpki
 /// roots when given; `h2` selects ALPN `h2`, else `http/1.1`.

@@ -1,4 +1,4 @@
-//! TLS termination: PEM loading, the SNI certificate resolver, the rustls
+//! TLS termination: key loading, the SNI certificate resolver, the rustls
 //! server settings (ALPN h2 + http/1.1, minimum version) and the handshake.
 //!
 //! The built `rustls::ServerConfig` lives in the listener's settings inside
@@ -12,31 +12,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
-/// The crypto provider every TLS context of Fulcrum uses.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Reads every certificate of a PEM file, in order (leaf first, then chain).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no CERTIFICATE in the file", path.display()));
-    }
-    Ok(certs)
-}
+use super::{load_certs, provider};
 
 /// Loads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1)
 /// and checks that they belong together.
