@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use super::ctx::Ctx;
 use super::raw::{RawHealthCheck, RawPassiveHealth};
-use super::validate::Ctx;
 use super::{HealthCheckConfig, PassiveHealthConfig};
 
 pub(super) fn active(ctx: &mut Ctx<'_>, upstream: &str, h: &RawHealthCheck) -> HealthCheckConfig {

@@ -4,10 +4,14 @@
 //! then `validate` → `Config`, which collects every error it finds, each naming
 //! the file, line, column and key.
 
+mod ctx;
 mod health;
+mod listener;
 mod raw;
 pub mod resolve;
+mod route;
 pub mod units;
+mod upstream;
 mod validate;
 
 use std::fmt;
