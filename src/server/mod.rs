@@ -674,7 +674,58 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::Proto;
+    use super::*;
+
+    /// Every connection pays its task's size for its whole life (a parked
+    /// keep-alive connection holds little else), so the size is a budget:
+    /// the largest state of `Conn::run` must stay plain HTTP/1 serving, with
+    /// the rare paths boxed. The stable toolchain lays it out in 1,280 bytes
+    /// in debug and release builds alike (nightly's `-Zprint-type-sizes`
+    /// reported 1,248); a change that grows it fails here.
+    #[tokio::test]
+    async fn connection_task_stays_within_its_size_budget() {
+        const BUDGET: usize = 1_280;
+        let config = crate::config::Config::from_toml(
+            std::path::Path::new("t.toml"),
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"a\"\n[upstream.a]\nservers = [{ address = \"127.0.0.1:1\" }]\n",
+        )
+        .unwrap();
+        let config = Arc::new(config);
+        let registry = crate::backend::Registry::new(Arc::new(crate::metrics::Metrics::new()));
+        let table = crate::routing::RoutingTable::build(config.clone(), &registry, 1);
+        let shared = Arc::new(Shared {
+            table: arc_swap::ArcSwap::from_pointee(table),
+            registry,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let graceful = GracefulShutdown::new();
+        let (_stop_tx, stop) = watch::channel(false);
+        let counter = || prometheus::IntCounter::new("c", "c").unwrap();
+        let conn = Conn {
+            name: "web".into(),
+            shared,
+            per_client: Arc::new(PerClient(Mutex::default())),
+            rejected_per_client: counter(),
+            rejected_proxy_protocol: counter(),
+            handshake_errors: counter(),
+            drain: graceful.watcher(),
+            watcher: graceful.watcher(),
+            stop,
+        };
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let accepted = Accepted::new(permit, prometheus::IntGauge::new("g", "g").unwrap());
+        let settings = Arc::new(config.listeners[0].clone());
+        let task = conn.run(stream, addr, settings, accepted);
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= BUDGET,
+            "the connection task grew to {size} bytes (budget {BUDGET}): box the new state \
+             if most connections never reach it"
+        );
+    }
 
     #[test]
     fn protocol_from_the_first_bytes() {
