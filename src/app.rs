@@ -249,7 +249,11 @@ async fn follow_health(state: Arc<AppState>) {
         for s in current.upstreams.iter().flat_map(|u| u.servers.iter()) {
             s.end_ejection_if_due(now);
         }
-        state.publish(current.config.clone(), current.generation);
+        // Same config, so the probes need no reconcile: only the balancers
+        // of upstreams whose up servers changed are rebuilt.
+        if let Some(table) = current.after_health_change() {
+            state.shared.table.store(Arc::new(table));
+        }
     }
 }
 

@@ -62,6 +62,39 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Builds the balancer and sticky table over the servers up right now.
+    fn build(
+        config: &UpstreamConfig,
+        servers: Vec<Arc<ServerState>>,
+        retries_total: IntCounter,
+        retry_budget: Arc<RetryBudget>,
+    ) -> Upstream {
+        let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
+        let up: Vec<Arc<ServerState>> = up_idx.iter().map(|i| servers[*i].clone()).collect();
+        Upstream {
+            name: Arc::from(config.name.as_str()),
+            balancer: Balancer::build(config, &servers, &up_idx),
+            sticky: config
+                .sticky
+                .as_ref()
+                .map(|c| Sticky::new(c, &config.name, &up)),
+            config: config.clone(),
+            servers,
+            up,
+            retries_total,
+            retry_budget,
+        }
+    }
+
+    /// Whether the servers up now are the ones this balancer was built over.
+    fn up_unchanged(&self) -> bool {
+        let mut now_up = self.servers.iter().filter(|s| s.is_up());
+        self.up
+            .iter()
+            .all(|s| now_up.next().is_some_and(|n| Arc::ptr_eq(s, n)))
+            && now_up.next().is_none()
+    }
+
     /// Picks a server that is up, or `None` when none is.
     #[inline]
     pub fn pick(&self, ctx: &PickContext) -> Option<&Arc<ServerState>> {
@@ -117,18 +150,12 @@ impl RoutingTable {
                     registry.server(&u.name, s.address, initial_up)
                 })
                 .collect();
-            let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
-            let up: Vec<Arc<ServerState>> = up_idx.iter().map(|i| servers[*i].clone()).collect();
-            let upstream = Arc::new(Upstream {
-                name: Arc::from(u.name.as_str()),
-                balancer: Balancer::build(u, &servers, &up_idx),
-                sticky: u.sticky.as_ref().map(|c| Sticky::new(c, &u.name, &up)),
-                config: u.clone(),
+            let upstream = Arc::new(Upstream::build(
+                u,
                 servers,
-                up,
-                retries_total: metrics.retries_total.with_label_values(&[&u.name]),
-                retry_budget: registry.retry_budget(&u.name),
-            });
+                metrics.retries_total.with_label_values(&[&u.name]),
+                registry.retry_budget(&u.name),
+            ));
             upstreams.insert(u.name.as_str(), upstream.clone());
             ordered.push(upstream);
         }
@@ -175,6 +202,64 @@ impl RoutingTable {
         }
     }
 
+    /// The snapshot after servers went up or down, with the same config:
+    /// only the upstreams whose up servers changed get a new balancer (a
+    /// Maglev table is 65,537 slots; rebuilding every upstream's on each
+    /// health change made one flapping server cost all of them). Every
+    /// other upstream is shared with `self`. `None` when nothing changed.
+    pub fn after_health_change(&self) -> Option<RoutingTable> {
+        let mut rebuilt: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        let upstreams: Vec<Arc<Upstream>> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                if u.up_unchanged() {
+                    return u.clone();
+                }
+                let next = Arc::new(Upstream::build(
+                    &u.config,
+                    u.servers.clone(),
+                    u.retries_total.clone(),
+                    u.retry_budget.clone(),
+                ));
+                rebuilt.insert(&u.name, next.clone());
+                next
+            })
+            .collect();
+        if rebuilt.is_empty() {
+            return None;
+        }
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|l| ListenerTable {
+                name: l.name.clone(),
+                settings: l.settings.clone(),
+                no_route: l.no_route.clone(),
+                routes: l
+                    .routes
+                    .iter()
+                    .map(|r| Route {
+                        host: r.host.clone(),
+                        path_prefix: r.path_prefix.clone(),
+                        stats: r.stats.clone(),
+                        rate_limit: r.rate_limit.clone(),
+                        upstream: rebuilt
+                            .get(&*r.upstream.name)
+                            .unwrap_or(&r.upstream)
+                            .clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Some(RoutingTable {
+            generation: self.generation,
+            config: self.config.clone(),
+            listeners,
+            upstreams,
+        })
+    }
+
     pub fn listener(&self, name: &str) -> Option<&ListenerTable> {
         self.listeners.iter().find(|l| &*l.name == name)
     }
@@ -190,5 +275,76 @@ impl ListenerTable {
                 .is_none_or(|h| host.is_some_and(|host| host_matches(h, host)))
                 && path_matches(&r.path_prefix, path)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    const CONFIG: &str = r#"
+[admin]
+listen = "127.0.0.1:9901"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+[[route]]
+host = "a.example"
+upstream = "a"
+[[route]]
+upstream = "b"
+[upstream.a]
+strategy = "consistent-hash"
+servers = [{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }]
+[upstream.b]
+strategy = "least-connections"
+servers = [{ address = "127.0.0.1:3" }, { address = "127.0.0.1:4" }]
+"#;
+
+    fn up_addrs(u: &Upstream) -> Vec<std::net::SocketAddr> {
+        u.up.iter().map(|s| s.addr).collect()
+    }
+
+    #[test]
+    fn a_health_change_rebuilds_only_its_upstream() {
+        let config = Arc::new(Config::from_toml(Path::new("t.toml"), CONFIG).unwrap());
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let table = RoutingTable::build(config.clone(), &registry, 7);
+        assert!(table.after_health_change().is_none(), "nothing changed");
+
+        table.upstreams[1].servers[0].set_checked_down(true);
+        let next = table.after_health_change().expect("b changed");
+        assert_eq!(next.generation, 7);
+        assert!(
+            Arc::ptr_eq(&next.upstreams[0], &table.upstreams[0]),
+            "a is shared"
+        );
+        assert!(!Arc::ptr_eq(&next.upstreams[1], &table.upstreams[1]));
+        // The same up servers a full build sees, and the routes follow.
+        let full = RoutingTable::build(config, &registry, 7);
+        for (inc, full) in next.upstreams.iter().zip(&full.upstreams) {
+            assert_eq!(up_addrs(inc), up_addrs(full));
+        }
+        assert_eq!(
+            up_addrs(&next.upstreams[1]),
+            ["127.0.0.1:4".parse().unwrap()]
+        );
+        let routes = &next.listeners[0].routes;
+        assert!(Arc::ptr_eq(&routes[0].upstream, &next.upstreams[0]));
+        assert!(Arc::ptr_eq(&routes[1].upstream, &next.upstreams[1]));
+        assert!(Arc::ptr_eq(
+            &routes[1].stats,
+            &table.listeners[0].routes[1].stats
+        ));
+        assert!(next.after_health_change().is_none());
+
+        // Back up: rebuilt again, over both servers.
+        next.upstreams[1].servers[0].set_checked_down(false);
+        let back = next.after_health_change().expect("b changed back");
+        assert_eq!(up_addrs(&back.upstreams[1]).len(), 2);
+        assert!(Arc::ptr_eq(&back.upstreams[0], &table.upstreams[0]));
     }
 }
