@@ -1,37 +1,20 @@
-//! Per-connection bookkeeping: which requests are active, and the I/O wrapper
-//! that enforces `header_read_timeout` (answering 408) and `idle_timeout`.
+//! Per-connection I/O: the wrapper that enforces `header_read_timeout`
+//! (answering 408, which hyper's own timer does not), `idle_timeout`, and a
+//! write-stall timeout, with one lazily re-armed timer per connection rather
+//! than one per request.
 //!
-//! hyper's own header timer closes without a response and runs per request;
-//! this one is a single lazily re-armed timer per connection, answers 408 as
-//! SPEC requires, and distinguishes an idle keep-alive connection (closed
-//! quietly after `idle_timeout`) from a slow request head (408 after
-//! `header_read_timeout`).
+//! Parking (plain HTTP/1): when a keep-alive connection is idle (response
+//! written, nothing buffered, socket empty) a read reports end-of-stream,
+//! hyper finishes, and `serve_h1` keeps only the socket and this wrapper:
+//! hyper's 8 KiB buffers and state are freed while the client thinks. A
+//! fresh hyper connection costs about a quarter of a request, so only a
+//! connection's first request parks at once (many carry one and idle); a
+//! reused one parks when its timer fires while idle. The measurements and
+//! the rules tried and dropped are in `benches/compare/README.md`.
 //!
-//! Parking (plain HTTP/1): when a keep-alive connection is idle — its last
-//! response written out, nothing buffered to write, the socket empty — a
-//! read can report end-of-stream instead of waiting. hyper then finishes
-//! the connection, `serve_h1` takes the socket back (`into_parts`, shutdown
-//! suppressed here) and waits for it to become readable with nothing else
-//! held: hyper's 8 KiB read and write buffers and its connection state are
-//! freed while the client thinks. A new hyper connection picks the socket
-//! up, with this wrapper (and its timers) carried over.
-//!
-//! A new hyper connection costs about a quarter of a proxied request's CPU
-//! (hyper amortises buffers and its header map over a connection's
-//! requests), so a connection parks at once only after its first request:
-//! many connections carry one request and then sit idle. One that has been
-//! reused keeps hyper's state between requests and parks when its timer
-//! next fires while it is idle (within `header_read_timeout`). A rule based
-//! on the client's pauses was tried and dropped: under overload the pause
-//! seen includes our own queueing, so it parked most when CPU was scarcest.
-//!
-//! The write side has a stall timeout: a client that stops reading its
-//! response (so the socket stays full and writes make no progress) for
-//! `idle_timeout` gets its connection closed. Its timer is allocated on the
-//! first stall only and re-armed lazily, so a healthy connection pays
-//! nothing. What such a client can pin is bounded by hyper's write buffer
-//! and the socket buffers: the upstream body is read only as fast as it is
-//! written (backpressure).
+//! A client that stops reading its response is closed after `idle_timeout`
+//! without progress; backpressure bounds what it pins to hyper's write
+//! buffer and the socket buffers.
 
 use std::future::Future;
 use std::io;
