@@ -679,12 +679,13 @@ mod tests {
     /// Every connection pays its task's size for its whole life (a parked
     /// keep-alive connection holds little else), so the size is a budget:
     /// the largest state of `Conn::run` must stay plain HTTP/1 serving, with
-    /// the rare paths boxed. The stable toolchain lays it out in 1,280 bytes
-    /// in debug and release builds alike (nightly's `-Zprint-type-sizes`
-    /// reported 1,248); a change that grows it fails here.
+    /// the rare paths boxed. The stable toolchain lays it out in 1,296 bytes
+    /// in debug and release builds alike (1,280 before `serve` kept a second
+    /// `shared`/`info` pair for counting hyper's own answers); a change that
+    /// grows it fails here.
     #[tokio::test]
     async fn connection_task_stays_within_its_size_budget() {
-        const BUDGET: usize = 1_280;
+        const BUDGET: usize = 1_296;
         let config = crate::config::Config::from_toml(
             std::path::Path::new("t.toml"),
             "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"a\"\n[upstream.a]\nservers = [{ address = \"127.0.0.1:1\" }]\n",
