@@ -46,6 +46,8 @@ pub struct Shared {
 
 /// What a request handler knows about its client connection.
 pub struct ConnInfo {
+    /// The process-wide state: one handle serves the whole connection task.
+    pub shared: Arc<Shared>,
     pub listener: Arc<str>,
     pub client_ip: IpAddr,
     /// `client_ip` as a header value, formatted once per connection.

@@ -305,6 +305,7 @@ impl Conn {
             // changes them for new connections only.
             let tls_config = settings.tls.as_ref().map(|t| t.server.clone());
             let info = Arc::new(ConnInfo {
+                shared: self.shared.clone(),
                 listener: self.name.clone(),
                 client_ip,
                 client_ip_value: HeaderValue::from_str(&client_ip.to_string())
@@ -314,7 +315,6 @@ impl Conn {
                 drain: std::sync::Mutex::new(Some(self.drain)),
             });
             let serving = Serving {
-                shared: self.shared,
                 info,
                 watcher: self.watcher,
                 stop: self.stop,
@@ -380,7 +380,6 @@ async fn serve_tls(
 
 /// What serving one connection needs besides its stream and settings.
 struct Serving {
-    shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     /// Keeps the listener's drain waiting for this connection.
     watcher: Watcher,
@@ -478,7 +477,6 @@ where
     S: AsyncRead + AsyncWrite + ParkSocket + Unpin + Send + 'static,
 {
     let Serving {
-        shared,
         info,
         watcher,
         mut stop,
@@ -497,9 +495,9 @@ where
             park,
         ));
         // Kept for counting what hyper answers itself (a parse error).
-        let (conn_shared, conn_info) = (shared.clone(), info.clone());
+        let conn_info = info.clone();
         let svc = service_fn(move |req| {
-            let fut = proxy::handle(shared.clone(), info.clone(), req);
+            let fut = proxy::handle(info.shared.clone(), info.clone(), req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let result = match proto {
@@ -529,7 +527,7 @@ where
             result.as_ref().err().and_then(|e| automatic_status(&**e))
         };
         if let Some(code) = status {
-            count_unparsed(&conn_shared, &conn_info, code);
+            count_unparsed(&conn_info.shared, &conn_info, code);
         }
         if let Err(e) = result {
             tracing::trace!(error = %e, "client connection ended with error");
@@ -679,13 +677,11 @@ mod tests {
     /// Every connection pays its task's size for its whole life (a parked
     /// keep-alive connection holds little else), so the size is a budget:
     /// the largest state of `Conn::run` must stay plain HTTP/1 serving, with
-    /// the rare paths boxed. The stable toolchain lays it out in 1,296 bytes
-    /// in debug and release builds alike (1,280 before `serve` kept a second
-    /// `shared`/`info` pair for counting hyper's own answers); a change that
-    /// grows it fails here.
+    /// the rare paths boxed. The stable toolchain lays it out in 1,280 bytes
+    /// in debug and release builds alike; a change that grows it fails here.
     #[tokio::test]
     async fn connection_task_stays_within_its_size_budget() {
-        const BUDGET: usize = 1_296;
+        const BUDGET: usize = 1_280;
         let config = crate::config::Config::from_toml(
             std::path::Path::new("t.toml"),
             "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"a\"\n[upstream.a]\nservers = [{ address = \"127.0.0.1:1\" }]\n",
