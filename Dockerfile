@@ -24,9 +24,12 @@ COPY src ./src
 COPY benches ./benches
 # Cache mounts keep the registry and target directory between builds
 # (BuildKit); the binary is copied out of the cached target directory.
+# Without the debug info Cargo.toml's release profile keeps for profiling
+# the binary is 11 MB instead of 72 MB; its symbols stay, so backtraces and
+# perf still name functions.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin fulcrum \
+    CARGO_PROFILE_RELEASE_DEBUG=0 cargo build --release --locked --bin fulcrum \
     && cp target/release/fulcrum /usr/local/bin/fulcrum
 
 FROM ${RUNTIME_IMAGE}

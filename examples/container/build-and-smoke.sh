@@ -43,7 +43,7 @@ BASE_CTR=fulcrum-smoke-base
 BUILDER_CTR=fulcrum-smoke-builder
 RUN_CTR=fulcrum-smoke-run
 
-say() { printf '==> %s\n' "$*"; }
+say() { printf '==> [%3ds] %s\n' "$SECONDS" "$*"; }
 
 # --- checks -----------------------------------------------------------------
 PASSED=0
