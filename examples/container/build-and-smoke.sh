@@ -43,6 +43,9 @@ BASE_CTR=fulcrum-smoke-base
 BUILDER_CTR=fulcrum-smoke-builder
 RUN_CTR=fulcrum-smoke-run
 
+# buildah reads no environment variable for the storage driver.
+buildah() { command buildah ${STORAGE_DRIVER:+--storage-driver "$STORAGE_DRIVER"} "$@"; }
+
 say() { printf '==> [%3ds] %s\n' "$SECONDS" "$*"; }
 
 # --- checks -----------------------------------------------------------------
