@@ -7,7 +7,9 @@
 #     -v "$PWD/fulcrum.toml:/etc/fulcrum/fulcrum.toml:ro" fulcrum
 #
 # The config inside the container must listen on 0.0.0.0. Checked with
-# hadolint (see README, "Running in production").
+# hadolint (see README, "Running in production"). Built and run without
+# Docker, and checked, by examples/container/build-and-smoke.sh; see
+# docs/container.md.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm

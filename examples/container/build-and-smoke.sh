@@ -27,7 +27,7 @@
 #   DEBIAN_MIRROR      debootstrap mirror (http://deb.debian.org/debian)
 #   STORAGE_DRIVER     buildah storage driver, e.g. vfs where overlay fails
 #   SKIP_BUILD=1       smoke-test an existing $IMAGE only
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -44,7 +44,16 @@ BUILDER_CTR=fulcrum-smoke-builder
 RUN_CTR=fulcrum-smoke-run
 
 # buildah reads no environment variable for the storage driver.
-buildah() { command buildah ${STORAGE_DRIVER:+--storage-driver "$STORAGE_DRIVER"} "$@"; }
+BUILDAH=(buildah ${STORAGE_DRIVER:+--storage-driver "$STORAGE_DRIVER"})
+buildah() { command "${BUILDAH[@]}" "$@"; }
+
+descendants() {
+  local p
+  for p in $(pgrep -P "$1" || true); do
+    echo "$p"
+    descendants "$p"
+  done
+}
 
 say() { printf '==> [%3ds] %s\n' "$SECONDS" "$*"; }
 
@@ -61,17 +70,19 @@ RUN_PID=
 FULCRUM_PID=
 cleanup() {
   local rc=$?
+  set +e
+  trap - ERR
   # Only processes this script started, by PID.
-  if [[ -n $FULCRUM_PID ]] && kill -0 "$FULCRUM_PID" 2>/dev/null; then
-    kill -KILL "$FULCRUM_PID" 2>/dev/null || true
-  fi
   if [[ -n $RUN_PID ]] && kill -0 "$RUN_PID" 2>/dev/null; then
-    kill -KILL "$RUN_PID" 2>/dev/null || true
+    # buildah run and what it started (its chroot helper, fulcrum), at once:
+    # killed alone, buildah would leave fulcrum running.
+    # shellcheck disable=SC2046
+    kill -KILL $(descendants "$RUN_PID") "$RUN_PID" 2>/dev/null
+    wait "$RUN_PID" 2>/dev/null
   fi
-  [[ -n $RUN_PID ]] && wait "$RUN_PID" 2>/dev/null || true
   if [[ -n $BACKEND_PID ]]; then
-    kill "$BACKEND_PID" 2>/dev/null || true
-    wait "$BACKEND_PID" 2>/dev/null || true
+    kill "$BACKEND_PID" 2>/dev/null
+    wait "$BACKEND_PID" 2>/dev/null
   fi
   remove_containers
   rm -rf "$TMP"
@@ -81,17 +92,19 @@ remove_containers() {
   local c
   for c in "$BASE_CTR" "$BUILDER_CTR" "$RUN_CTR"; do
     if buildah inspect --type container "$c" >/dev/null 2>&1; then
-      buildah umount "$c" >/dev/null 2>&1 || true
-      buildah rm "$c" >/dev/null
+      buildah umount "$c" >/dev/null 2>&1
+      buildah rm "$c" >/dev/null || echo "warning: could not remove container $c" >&2
     fi
   done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# A build or setup step that breaks says so before the script exits.
+trap 'echo "FAIL: line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 
 [[ $(id -u) == 0 ]] || { echo "FAIL: needs root (debootstrap, buildah chroot isolation)" >&2; exit 1; }
-for tool in buildah debootstrap python3 curl rustc; do
-  command -v "$tool" >/dev/null || { echo "FAIL: $tool not found" >&2; exit 1; }
+for tool in buildah debootstrap python3 curl ss rustc; do
+  type -P "$tool" >/dev/null || { echo "FAIL: $tool not found" >&2; exit 1; }
 done
 remove_containers # left by an interrupted run
 
@@ -285,8 +298,9 @@ until_ok 10 answers 200 "http://$BACKEND/" ||
   { fail "test backend starts on $BACKEND" "$(cat "$TMP/backend.log")"; exit 1; }
 
 say "start: ${ENTRYPOINT[*]} ${CMD[*]} (as $USER_SPEC)"
-buildah run --isolation chroot --user "$USER_SPEC" "$RUN_CTR" -- "${ENTRYPOINT[@]}" "${CMD[@]}" \
-  >"$TMP/fulcrum.log" 2>&1 &
+# exec: $! is buildah's own pid, not a subshell's.
+(exec "${BUILDAH[@]}" run --isolation chroot --user "$USER_SPEC" "$RUN_CTR" -- \
+  "${ENTRYPOINT[@]}" "${CMD[@]}" >"$TMP/fulcrum.log" 2>&1) &
 RUN_PID=$!
 ADMIN=http://127.0.0.1:$ADMIN_PORT
 
@@ -297,13 +311,6 @@ else
 fi
 
 # The fulcrum process under buildah's chroot helper.
-descendants() {
-  local p
-  for p in $(pgrep -P "$1"); do
-    echo "$p"
-    descendants "$p"
-  done
-}
 for p in $(descendants "$RUN_PID"); do
   [[ $(cat "/proc/$p/comm" 2>/dev/null) == fulcrum ]] && FULCRUM_PID=$p
 done
