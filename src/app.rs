@@ -40,14 +40,7 @@ impl AppError {
     }
 }
 
-/// The result of the last reload attempt, for the status page.
-#[derive(Debug, Clone)]
-pub struct ReloadOutcome {
-    pub at_unix: f64,
-    pub generation: u64,
-    /// `None` when it succeeded.
-    pub error: Option<String>,
-}
+pub use crate::admin::ReloadOutcome;
 
 /// State shared by the admin endpoints, reloads and shutdown.
 pub struct AppState {
@@ -65,6 +58,8 @@ pub struct AppState {
     /// read the file earlier can never publish after one that read it later.
     reloading: tokio::sync::Mutex<()>,
     checks: ActiveChecks,
+    /// The admin listener, drained last at shutdown.
+    admin: tokio::sync::Mutex<Option<RunningListener>>,
 }
 
 impl AppState {
@@ -91,6 +86,29 @@ impl AppState {
         self.shared.table.store(table.clone());
         self.checks.reconcile(&table);
         table
+    }
+}
+
+/// The admin listener's view of the application.
+impl crate::admin::Host for AppState {
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    fn bound_addrs(&self) -> Vec<(String, SocketAddr)> {
+        AppState::bound_addrs(self)
+    }
+
+    fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn republish(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _swap = self.swap.lock().await;
+            let current = self.shared.table.load_full();
+            self.publish(current.config.clone(), current.generation);
+        })
     }
 }
 
@@ -138,7 +156,13 @@ pub async fn run_with(
         socks.push(s);
     }
 
+    // Runtime overrides from the last run apply to the servers the first
+    // snapshot creates; the rest (servers no longer configured) are dropped.
+    if let Some(path) = &config.admin.state_file {
+        registry.restore(crate::backend::overrides::load(path));
+    }
     let table = RoutingTable::build(config.clone(), &registry, 1);
+    registry.forget_restored();
     metrics.config_generation.set(1);
     metrics
         .config_last_reload_success_timestamp_seconds
@@ -161,14 +185,26 @@ pub async fn run_with(
         swap: tokio::sync::Mutex::new(()),
         reloading: tokio::sync::Mutex::new(()),
         checks: ActiveChecks::default(),
+        admin: tokio::sync::Mutex::new(None),
     });
     state.checks.reconcile(&shared.table.load_full());
 
     let admin_addr = admin_sock.local_addr().unwrap_or(config.admin.listen);
-    crate::admin::spawn(admin_sock, state.clone()).map_err(|source| AppError::Bind {
+    let admin_handle = crate::admin::AdminHandle {
+        shared: shared.clone(),
+        host: state.clone(),
+    };
+    let admin = crate::admin::spawn(
+        admin_sock,
+        config.admin.listener.clone(),
+        admin_handle,
+        ADMIN_DRAIN,
+    )
+    .map_err(|source| AppError::Bind {
         addr: config.admin.listen,
         source,
     })?;
+    *state.admin.lock().await = Some(admin);
     let mut bound = Bound {
         admin: admin_addr,
         listeners: Vec::new(),
@@ -220,6 +256,9 @@ fn start_listener(
         source,
     })
 }
+
+/// How long admin connections get to finish at shutdown.
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);
 
 /// Signal streams, installed before anything is announced as ready so that
 /// an early SIGHUP reloads instead of killing the process.
@@ -295,6 +334,15 @@ pub async fn reload(state: &Arc<AppState>) {
                 .set(unix_now());
             m.config_generation.set(generation as i64);
             tracing::info!(generation, "config reloaded");
+            // Overrides of servers the reload removed are gone: the state
+            // file follows.
+            let handle = crate::admin::AdminHandle {
+                shared: state.shared.clone(),
+                host: state.clone(),
+            };
+            if let Err(e) = crate::admin::persist(&handle).await {
+                tracing::error!(error = %e, "cannot write the state file");
+            }
         }
         Err(e) => {
             m.config_reloads_total.with_label_values(&["failure"]).inc();
@@ -388,6 +436,11 @@ async fn shutdown(state: &Arc<AppState>) {
     let drains = running.into_iter().map(|r| r.drain(timeout));
     for d in drains.collect::<Vec<_>>() {
         d.await;
+    }
+    // The admin listener last: /ready says 503 and /metrics stays readable
+    // while the proxy drains.
+    if let Some(admin) = state.admin.lock().await.take() {
+        admin.drain(ADMIN_DRAIN).await;
     }
     tracing::info!("shutdown complete");
 }

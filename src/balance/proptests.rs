@@ -62,7 +62,7 @@ fn pool(cfg: &UpstreamConfig, down: &HashSet<usize>) -> Pool {
     let now = super::clock_ms() as u32;
     for (i, s) in servers.iter().enumerate() {
         s.set_checked_down(down.contains(&i));
-        s.ewma.observe_at(super::ewma::SEED, now);
+        s.load.ewma.observe_at(super::ewma::SEED, now);
     }
     let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
     let up = up_idx.iter().map(|i| servers[*i].clone()).collect();
@@ -121,7 +121,7 @@ proptest! {
             let p = pool(&cfg, &HashSet::new());
             // equal latency everywhere, so only weights and load differ
             for s in &p.up {
-                s.ewma.observe_at(Duration::from_secs(5), 0);
+                s.load.ewma.observe_at(Duration::from_secs(5), 0);
             }
             let b = Balancer::build(&cfg, &p.servers, &p.up_idx);
             let picks = match strategy { Strategy::Weighted | Strategy::LeastConnections => total as usize * 20, _ => 20_000 };

@@ -189,13 +189,22 @@ fn key_at(text: &str, offset: usize) -> String {
 
 fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
     let admin = match &raw.admin {
-        Some(a) => AdminConfig {
-            listen: socket_addr(ctx, &a.get_ref().listen, "admin.listen"),
-        },
+        Some(a) => {
+            let listen = socket_addr(ctx, &a.get_ref().listen, "admin.listen");
+            super::admin::validate(ctx, path, a.get_ref(), listen)
+        }
         None => {
             ctx.error(0..0, "admin", "the [admin] table with `listen` is required");
             AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+                listener: std::sync::Arc::new(super::admin::listener_settings(
+                    ctx,
+                    path,
+                    SocketAddr::from(([127, 0, 0, 1], 9901)),
+                )),
+                token: None,
+                token_file: None,
+                state_file: None,
             }
         }
     };
@@ -294,7 +303,12 @@ fn socket_addr(ctx: &mut Ctx<'_>, s: &S, key: &str) -> SocketAddr {
     }
 }
 
-fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) -> ListenerConfig {
+pub(super) fn validate_listener(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    i: usize,
+    l: &RawListener,
+) -> ListenerConfig {
     let k = |key: &str| format!("listener[{i}].{key}");
     let name = l.name.get_ref().trim().to_string();
     if name.is_empty() {
@@ -375,7 +389,7 @@ fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) 
 }
 
 /// A path from the config file, relative to the file's directory.
-fn config_relative(config: &Path, p: &str) -> std::path::PathBuf {
+pub(super) fn config_relative(config: &Path, p: &str) -> std::path::PathBuf {
     let p = Path::new(p.trim());
     if p.is_absolute() {
         return p.to_path_buf();

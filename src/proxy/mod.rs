@@ -265,7 +265,7 @@ async fn proxy(
     loop {
         attempts_left -= 1;
         let server = match sticky {
-            Some(s) if tried.is_empty() && s.is_up() => s,
+            Some(s) if tried.is_empty() && s.takes_sticky() => s,
             _ => pick_untried(upstream, &ctx, &tried).ok_or(ProxyError::NoHealthyUpstream)?,
         };
         *served = Some(server.addr);
@@ -352,7 +352,7 @@ async fn proxy(
             Err(f) => {
                 let e = body_error(&flags).unwrap_or(f.error);
                 if !matches!(e, ProxyError::UpstreamRefused(_)) {
-                    server.ewma.penalize();
+                    server.load.ewma.penalize();
                 }
                 let e = match e {
                     ProxyError::UpstreamProtocol(_) => invalid_response(upstream, server, e),
@@ -428,7 +428,7 @@ fn pick_untried<'a>(
     ctx: &PickContext<'_>,
     tried: &[&Arc<ServerState>],
 ) -> Option<&'a Arc<ServerState>> {
-    let usable = |s: &Arc<ServerState>| s.is_up() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
+    let usable = |s: &Arc<ServerState>| s.is_pickable() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
     match upstream.pick(ctx) {
         Some(s) if usable(s) => Some(s),
         _ => upstream.up.iter().find(|s| usable(s)),

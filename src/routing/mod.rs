@@ -52,10 +52,14 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Every configured server (including ones that are not up).
     pub servers: Vec<Arc<ServerState>>,
-    /// The servers the balancer chooses among, in server order.
+    /// The servers the balancer chooses among, in server order: healthy,
+    /// and neither drained nor disabled by an operator.
     pub up: Vec<Arc<ServerState>>,
     pub balancer: Balancer,
-    /// Cookie affinity over `up`, when configured.
+    /// The servers a sticky cookie may still name: `up` plus healthy
+    /// draining ones (a drain keeps its sticky clients).
+    pub sticky_servers: Vec<Arc<ServerState>>,
+    /// Cookie affinity over `sticky_servers`, when configured.
     pub sticky: Option<Sticky>,
     pub retries_total: IntCounter,
     pub retry_budget: Arc<RetryBudget>,
@@ -80,10 +84,14 @@ impl Upstream {
         PickContext { up: &self.up, key }
     }
 
-    /// The up server a sticky cookie in `headers` names, if any.
+    /// The server a sticky cookie in `headers` names, if it takes sticky
+    /// requests (up, possibly draining, not disabled).
     #[inline]
     pub fn sticky_target(&self, headers: &http::HeaderMap) -> Option<&Arc<ServerState>> {
-        self.sticky.as_ref()?.lookup(headers).map(|i| &self.up[i])
+        self.sticky
+            .as_ref()?
+            .lookup(headers)
+            .map(|i| &self.sticky_servers[i])
     }
 
     /// The `Set-Cookie` to add to a response from `server`: none without
@@ -114,15 +122,31 @@ impl RoutingTable {
                 .iter()
                 .map(|s| {
                     let initial_up = u.health_check.as_ref().is_none_or(|h| h.initial_up);
-                    registry.server(&u.name, s.address, initial_up)
+                    let state = registry.server(&u.name, s.address, initial_up);
+                    state.set_configured_weight(s.weight);
+                    state
                 })
                 .collect();
-            let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
+            let up_idx: Vec<usize> = (0..servers.len())
+                .filter(|i| servers[*i].is_pickable())
+                .collect();
             let up: Vec<Arc<ServerState>> = up_idx.iter().map(|i| servers[*i].clone()).collect();
+            let sticky_servers: Vec<Arc<ServerState>> = match u.sticky {
+                Some(_) => servers
+                    .iter()
+                    .filter(|s| s.takes_sticky())
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
             let upstream = Arc::new(Upstream {
                 name: Arc::from(u.name.as_str()),
                 balancer: Balancer::build(u, &servers, &up_idx),
-                sticky: u.sticky.as_ref().map(|c| Sticky::new(c, &u.name, &up)),
+                sticky: u
+                    .sticky
+                    .as_ref()
+                    .map(|c| Sticky::new(c, &u.name, &sticky_servers)),
+                sticky_servers,
                 config: u.clone(),
                 servers,
                 up,
