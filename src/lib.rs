@@ -12,6 +12,7 @@ pub mod backend;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod health;
 pub mod logging;

@@ -269,10 +269,10 @@ pub async fn handle(admin: &AdminHandle, peer: IpAddr, req: Request<Incoming>) -
         target: "fulcrum::audit",
         peer = %peer,
         method = %method,
-        action = action.as_str(),
+        action = %action.as_str(),
         upstream = %upstream,
         server = %server,
-        result = outcome.as_str(),
+        result = %outcome.as_str(),
         "admin api"
     );
     match result {
