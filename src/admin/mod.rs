@@ -27,6 +27,7 @@ use serde_json::json;
 use crate::backend::Registry;
 use crate::config::ListenerConfig;
 use crate::proxy::body::ProxyBody;
+use crate::proxy::error::ProxyError;
 use crate::proxy::ConnInfo;
 use crate::routing::RoutingTable;
 use crate::server::{self, ConnCounters, Handler, RunningListener};
@@ -37,6 +38,7 @@ const JSON: &str = "application/json";
 
 struct Admin {
     handle: AdminHandle,
+    settings: Arc<ListenerConfig>,
     sampler: Arc<Sampler>,
     started: Instant,
 }
@@ -64,6 +66,7 @@ pub fn spawn(
     drain_timeout: Duration,
 ) -> std::io::Result<RunningListener> {
     let admin = Arc::new(Admin {
+        settings: settings.clone(),
         sampler: Sampler::spawn(handle.clone()),
         handle,
         started: Instant::now(),
@@ -94,6 +97,24 @@ fn respond(
 }
 
 async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Response<Bytes> {
+    // The head checks a proxy listener makes beyond hyper's parser (its
+    // buffer limit is coarser than max_header_bytes), with the same answers.
+    let head = req.uri().path_and_query().map_or(0, |p| p.as_str().len()) + 16;
+    let refused = if head + crate::proxy::headers::head_size(req.headers())
+        > admin.settings.max_header_bytes
+    {
+        Some(ProxyError::HeadersTooLarge)
+    } else {
+        crate::proxy::validate::check(&req).err()
+    };
+    if let Some(e) = refused {
+        let mut r = respond(e.status(), TEXT, e.body());
+        if e.closes_connection() {
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return r;
+    }
     if req.uri().path().starts_with("/api/") {
         let mut r = api::handle(&admin.handle, peer, req).await;
         r.headers_mut()
