@@ -126,6 +126,18 @@ async fn gated(name: &'static str) -> (Backend, Arc<Semaphore>, mpsc::UnboundedR
     (b, gate, rx)
 }
 
+/// (method, path, Authorization ("" = the right token), extra headers,
+/// body, status, `result` label).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn every_refusal_gets_its_answer_and_changes_nothing() {
     let a = Backend::named("a").await;
@@ -152,7 +164,7 @@ async fn every_refusal_gets_its_answer_and_changes_nothing() {
     let unknown_upstream = drain.replace("/u/", "/nope/");
     let unknown_server = server_path("u", "127.0.0.1:9".parse().unwrap(), "drain");
     let big = format!("{{\"weight\": 5, \"pad\": \"{}\"}}", "x".repeat(5000));
-    let cases: Vec<(&str, &str, Option<&str>, Vec<(&str, &str)>, &str, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", &drain, None, vec![], "", 401, "unauthorized"),
         (
             "POST",
@@ -239,13 +251,18 @@ async fn every_refusal_gets_its_answer_and_changes_nothing() {
         ),
     ];
     let good = format!("Bearer {TOKEN}");
-    for (method, path, auth, headers, body, status, _) in &cases {
+    for (method, path, auth, headers, body, status, result) in &cases {
         let auth = match auth {
             Some("") => Some(good.as_str()),
             other => *other,
         };
         let r = api_with(&f, method, path, auth, headers, body).await;
-        assert_eq!(r.status.as_u16(), *status, "{method} {path}: {}", r.text());
+        assert_eq!(
+            r.status.as_u16(),
+            *status,
+            "{method} {path} ({result}): {}",
+            r.text()
+        );
         assert!(json(&r)["error"].is_string(), "{}", r.text());
         if *status == 401 {
             assert_eq!(r.header("www-authenticate"), Some("Bearer"));
@@ -1051,112 +1068,188 @@ async fn start_on(addr: SocketAddr, name: &'static str) -> Backend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_deploy_under_load_fails_no_request() {
+    rolling_deploy(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_with_sticky_clients_fails_no_request() {
+    rolling_deploy(true).await;
+}
+
+/// What the clients saw, shared with the test.
+#[derive(Default)]
+struct Tally {
+    /// Requests answered 200, by server name.
+    per_server: std::collections::HashMap<String, usize>,
+    /// During a server's drain window: (requests it answered, how many of
+    /// them carried a cookie pinning them to it).
+    in_window: std::collections::HashMap<String, (usize, usize)>,
+    failed: Vec<String>,
+}
+
+/// Clients at a steady rate (4 connections, a request every 10 ms each;
+/// with `sticky`, each keeps its cookie like a browser) while each of 3
+/// servers in turn is drained, waited for, stopped, started again on the
+/// same port and enabled. No request may fail, and a drained server gets
+/// only requests pinned to it by their cookie (none without sticky).
+async fn rolling_deploy(sticky: bool) {
+    use fulcrum::balance::sticky::server_id_hex;
     let names = ["s0", "s1", "s2"];
     let mut backends = Vec::new();
     for n in names {
         backends.push(Backend::named(n).await);
     }
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let ids: Arc<Vec<(String, &'static str)>> = Arc::new(
+        addrs
+            .iter()
+            .zip(names)
+            .map(|(a, n)| (server_id_hex("u", *a), n))
+            .collect(),
+    );
     let tok = token_file(TOKEN);
     let refs: Vec<&Backend> = backends.iter().collect();
+    let extra = if sticky {
+        "retries = 2\n[upstream.u.sticky]\ncookie = \"sid\""
+    } else {
+        "retries = 2"
+    };
     let f = Fulcrum::start(&controlled(
-        &upstream(&refs, "least-connections", "retries = 2"),
+        &upstream(&refs, "least-connections", extra),
         &tok,
     ));
     let web = f.addr("web");
 
-    // Steady clients: 4 connections, one request every 10 ms each.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let per_server: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
-        Arc::default();
+    let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
+    // The server in its drain window, if any.
+    let window: Arc<std::sync::Mutex<Option<&'static str>>> = Arc::default();
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (stop, sent, failed, per_server) = (
+        let (stop, sent, tally, window, ids) = (
             stop.clone(),
             sent.clone(),
-            failed.clone(),
-            per_server.clone(),
+            tally.clone(),
+            window.clone(),
+            ids.clone(),
         );
         clients.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             let mut client = Client::connect(web).await;
+            let mut cookie: Option<String> = None;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 sent.fetch_add(1, Ordering::Relaxed);
-                let req = Request::get("/")
-                    .header("host", "x")
-                    .body(full(""))
-                    .unwrap();
-                match client.send(req).await {
+                let mut req = Request::get("/").header("host", "x");
+                if let Some(c) = &cookie {
+                    req = req.header("cookie", c.as_str());
+                }
+                let pinned_to = cookie.as_ref().and_then(|c| {
+                    let id = c.strip_prefix("sid=")?;
+                    ids.iter().find(|(i, _)| i == id).map(|(_, n)| *n)
+                });
+                match client.send(req.body(full("")).unwrap()).await {
                     Ok(r) => {
                         let r = collect(r).await;
-                        if r.status == 200 {
-                            *per_server.lock().unwrap().entry(r.text()).or_default() += 1;
-                        } else {
-                            failed
-                                .lock()
-                                .unwrap()
-                                .push(format!("{} {}", r.status, r.text()));
+                        if let Some(c) = r.header("set-cookie") {
+                            cookie = Some(c.split(';').next().unwrap().to_string());
+                        }
+                        let mut t = tally.lock().unwrap();
+                        if r.status != 200 {
+                            t.failed.push(format!("{} {}", r.status, r.text()));
+                            continue;
+                        }
+                        let name = r.text();
+                        *t.per_server.entry(name.clone()).or_default() += 1;
+                        let static_name = names_of(&ids, &name);
+                        if static_name.is_some() && *window.lock().unwrap() == static_name {
+                            let e = t.in_window.entry(name.clone()).or_default();
+                            e.0 += 1;
+                            e.1 += usize::from(pinned_to == static_name);
                         }
                     }
                     Err(e) => {
-                        failed.lock().unwrap().push(e.to_string());
+                        tally.lock().unwrap().failed.push(e.to_string());
                         client = Client::connect(web).await;
                     }
                 }
             }
         }));
     }
-    let count = |name: &str| per_server.lock().unwrap().get(name).copied().unwrap_or(0);
-    let mut report = Vec::new();
+    let count = |name: &str| {
+        tally
+            .lock()
+            .unwrap()
+            .per_server
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut windows = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let addr = addrs[i];
         let t = Instant::now();
         set(&f, "drain", addr).await;
-        // Requests picked before the drain finish; none is picked after.
-        eventually(Duration::from_secs(10), "drained", || async {
-            server(&f, "u", addr).await["in_flight"] == 0
-        })
-        .await;
-        let drain_started = count(name);
+        // Requests picked before the drain finish; after it, only sticky
+        // ones are sent there. (With sticky clients pinned to it, in_flight
+        // only reaches 0 once it is stopped, so wait for that only without.)
+        if !sticky {
+            eventually(Duration::from_secs(10), "drained", || async {
+                server(&f, "u", addr).await["in_flight"] == 0
+            })
+            .await;
+        }
+        *window.lock().unwrap() = Some(name);
+        // Traffic in the window, with the server up, then stopped.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         backends[i].stop();
-        // Some traffic while the server is down, before it comes back.
         tokio::time::sleep(Duration::from_millis(200)).await;
         backends[i] = start_on(addr, name).await;
-        let during_drain = count(name) - drain_started;
+        *window.lock().unwrap() = None;
         set(&f, "enable", addr).await;
-        report.push((name.to_string(), during_drain, t.elapsed()));
-        // Back in rotation before the next server goes.
-        let back = count(name);
-        eventually(Duration::from_secs(10), "back in rotation", || async {
-            count(name) > back + 5
-        })
-        .await;
+        windows.push(t.elapsed());
+        // Back in rotation before the next server goes (sticky clients
+        // stay where they were re-pinned, so only new picks would show it).
+        if !sticky {
+            let back = count(name);
+            eventually(Duration::from_secs(10), "back in rotation", || async {
+                count(name) > back + 5
+            })
+            .await;
+        }
+        assert_eq!(server(&f, "u", addr).await["state"], "up");
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
     }
-    let failed = failed.lock().unwrap().clone();
+    let t = tally.lock().unwrap();
     let total = sent.load(Ordering::Relaxed);
-    for (name, n, window) in &report {
-        eprintln!("{name}: {n} requests during its drain window ({window:?})");
+    for (name, w) in names.iter().zip(&windows) {
+        let (n, pinned) = t.in_window.get(*name).copied().unwrap_or((0, 0));
+        eprintln!(
+            "sticky={sticky} {name}: {n} requests during its drain window ({w:?}), {pinned} of them sticky"
+        );
+        assert_eq!(
+            n, pinned,
+            "{name} got requests not pinned to it while drained"
+        );
+        if !sticky {
+            assert_eq!(n, 0, "{name} got requests while drained (no sticky config)");
+        }
     }
     eprintln!(
-        "{total} requests sent, {} failed, per server {:?}",
-        failed.len(),
-        per_server.lock().unwrap()
+        "sticky={sticky}: {total} requests sent, {} failed, per server {:?}",
+        t.failed.len(),
+        t.per_server
     );
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    for (name, n, _) in &report {
-        assert_eq!(
-            *n, 0,
-            "{name} got requests while drained (no sticky config)"
-        );
-    }
+    assert!(t.failed.is_empty(), "failed requests: {:?}", t.failed);
     assert!(total > 300, "load too light: {total}");
+}
+
+fn names_of(ids: &[(String, &'static str)], name: &str) -> Option<&'static str> {
+    ids.iter().find(|(_, n)| *n == name).map(|(_, n)| *n)
 }
 
 fn chromium() -> Option<&'static str> {

@@ -288,3 +288,27 @@ impl ServerState {
         }
     }
 }
+
+impl Drop for ServerState {
+    fn drop(&mut self) {
+        let Some(reg) = self.registry.upgrade() else {
+            return;
+        };
+        let mut inner = reg.lock();
+        let Some(of_upstream) = inner.servers.get_mut(&*self.upstream) else {
+            return;
+        };
+        // A reload may already have created a successor for the same key; its
+        // series are the same series, so only remove them if nobody took over.
+        if of_upstream
+            .get(&self.addr)
+            .is_some_and(|w| w.strong_count() == 0)
+        {
+            of_upstream.remove(&self.addr);
+            if of_upstream.is_empty() {
+                inner.servers.remove(&*self.upstream);
+            }
+            self.metrics.remove_series();
+        }
+    }
+}

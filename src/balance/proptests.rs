@@ -338,3 +338,41 @@ proptest! {
         }
     }
 }
+
+/// A runtime weight (admin API) is the weight every strategy uses: the
+/// deterministic strategies pick exactly as if it were configured.
+#[test]
+fn runtime_weight_overrides_replace_configured_weights() {
+    let weights = [5u32, 1, 3, 2];
+    for strategy in [Strategy::Weighted, Strategy::ConsistentHash] {
+        let configured = upstream(strategy, &weights);
+        let a = pool(&configured, &HashSet::new());
+        let plain = upstream(strategy, &[1, 1, 1, 1]);
+        let b = pool(&plain, &HashSet::new());
+        for (s, w) in b.servers.iter().zip(weights) {
+            s.set_weight_override(Some(w));
+        }
+        let ba = Balancer::build(&configured, &a.servers, &a.up_idx);
+        let bb = Balancer::build(&plain, &b.servers, &b.up_idx);
+        for k in 0..2000u64 {
+            let key = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let pa = ba.pick(&PickContext { up: &a.up, key });
+            let pb = bb.pick(&PickContext { up: &b.up, key });
+            assert_eq!(pa, pb, "{strategy:?} pick {k}");
+        }
+        // Reset: back to the configured (equal) weights.
+        for s in &b.servers {
+            s.set_weight_override(None);
+        }
+        let reset = Balancer::build(&plain, &b.servers, &b.up_idx);
+        let mut counts = [0usize; 4];
+        for k in 0..400u64 {
+            let key = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            counts[reset.pick(&PickContext { up: &b.up, key }).unwrap()] += 1;
+        }
+        assert!(
+            counts.iter().all(|c| (60..=140).contains(c)),
+            "{strategy:?} {counts:?}"
+        );
+    }
+}
