@@ -162,7 +162,16 @@ pub async fn run_with(
         registry.restore(crate::backend::overrides::load(path));
     }
     let table = RoutingTable::build(config.clone(), &registry, 1);
-    registry.forget_restored();
+    let dropped = registry.forget_restored();
+    if let (Some(path), true) = (&config.admin.state_file, dropped > 0) {
+        // What was dropped (servers no longer configured) leaves the file now,
+        // so it cannot come back with the server in a later config. (A file
+        // that could not be read is left as it is, for a person to look at.)
+        let servers = table.upstreams.iter().flat_map(|u| u.servers.iter());
+        if let Err(e) = registry.save_overrides(path, servers.map(|s| &**s)) {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
+        }
+    }
     metrics.config_generation.set(1);
     metrics
         .config_last_reload_success_timestamp_seconds

@@ -710,6 +710,9 @@ async fn overrides_survive_a_restart_through_the_state_file() {
         assert_eq!(get(f.addr("web"), "/").await.text(), "b");
     }
     assert!(f.logs().contains("override restored"));
+    // The dropped one left the file at start.
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(!saved.contains(&c.addr.to_string()), "{saved}");
     set(&f, "enable", a.addr).await;
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(!saved.contains(&a.addr.to_string()), "{saved}");
@@ -1311,18 +1314,41 @@ async fn status_page_marks_drained_and_disabled_servers() {
     let Some(bin) = chromium() else { return };
     let profile = temp_dir().join("chromium-profile");
     let url = format!("http://{}/status", f.admin);
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("status-page-runtime-control.png");
+    let _ = std::fs::remove_file(&shot);
+    let shot2 = shot.clone();
     let dom = tokio::task::spawn_blocking(move || {
-        let out = Command::new(bin)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let chromium = |args: &[String]| {
+            let out = Command::new(bin)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let dom = chromium(&["--dump-dom".into(), url.clone()]);
+        chromium(&[
+            "--window-size=1280,700".into(),
+            format!("--screenshot={}", shot2.display()),
+            url,
+        ]);
+        dom
     })
     .await
     .unwrap();
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    eprintln!("screenshot: {}", shot.display());
     for (addr, state, admin) in [
         (a.addr, "draining", "drain"),
         (b.addr, "disabled", "disable"),
@@ -1340,4 +1366,35 @@ async fn status_page_marks_drained_and_disabled_servers() {
         dom.contains("title=\"runtime override; configured 1\">6<"),
         "{dom}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_holds_at_most_1024_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::named("a").await;
+    let tok = token_file(TOKEN);
+    let f = Fulcrum::start(&controlled(&upstream(&[&a], "round-robin", ""), &tok));
+    let mut held = Vec::new();
+    for _ in 0..1024 {
+        held.push(tokio::net::TcpStream::connect(f.admin).await.unwrap());
+    }
+    // The 1025th waits in the accept queue: no answer while all are held
+    // (they stay for header_read_timeout, 10 s).
+    let mut extra = tokio::net::TcpStream::connect(f.admin).await.unwrap();
+    extra
+        .write_all(b"GET /health HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(1000), extra.read(&mut buf)).await;
+    assert!(early.is_err(), "answered beyond 1024 connections");
+    // The proxy listener is not affected.
+    assert_eq!(get(f.addr("web"), "/").await.text(), "a");
+    // One slot frees: the waiting connection is served.
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }

@@ -29,7 +29,7 @@ tr:last-child td{border-bottom:0}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600}
 .up{color:var(--up);background:var(--upbg)}.down{color:var(--down);background:var(--downbg)}
 .ejected{color:var(--ej);background:var(--ejbg)}.draining{color:var(--dr);background:var(--drbg)}
-.disabled,.admin-disable{color:var(--dis);background:var(--disbg)}.admin-drain{color:var(--dr);background:var(--drbg)}
+.disabled,.badge.admin-disable{color:var(--dis);background:var(--disbg)}.badge.admin-drain{color:var(--dr);background:var(--drbg)}
 tr.admin-drain td,tr.admin-disable td{background:repeating-linear-gradient(135deg,#fff 0 8px,#f2f4f7 8px 16px)}
 .over{color:var(--dis);font-weight:600}
 .ok{color:var(--up)}.bad{color:var(--down)}.warn{color:var(--ej)}.mute{color:var(--mute)}

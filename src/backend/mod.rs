@@ -177,13 +177,14 @@ impl Registry {
         *self.restored.lock().unwrap_or_else(|p| p.into_inner()) = saved;
     }
 
-    /// Drops restored overrides no configured server claimed: an override
-    /// belongs to a server in the config.
-    pub fn forget_restored(&self) {
+    /// Drops restored overrides no configured server claimed (an override
+    /// belongs to a server in the config); returns how many.
+    pub fn forget_restored(&self) -> usize {
         let left = std::mem::take(&mut *self.restored.lock().unwrap_or_else(|p| p.into_inner()));
         for (upstream, addr) in left.keys() {
             tracing::info!(upstream = %upstream, server = %addr, "state file names a server not in the config; override dropped");
         }
+        left.len()
     }
 
     /// Writes the overrides of `servers` (the current snapshot's) to the
