@@ -991,6 +991,16 @@ async fn admin_listener_has_the_protections_of_a_listener() {
     );
     let r = raw(f.admin, huge.as_bytes(), Duration::from_secs(5)).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    // A head that stops coming: 408 after header_read_timeout (10 s).
+    let t = Instant::now();
+    let slow = raw(
+        f.admin,
+        b"GET /health HTTP/1.1\r\nhost: a\r\n",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    assert!(t.elapsed() >= Duration::from_secs(9), "{:?}", t.elapsed());
     // A keep-alive admin connection does not hold up shutdown.
     let mut idle = Client::connect(f.admin).await;
     assert_eq!(idle.get("/health", "a").await.status, 200);

@@ -96,13 +96,20 @@ fn err_class(r: Option<f64>) -> &'static str {
 }
 
 fn ago(unix: f64) -> String {
-    let secs = (crate::app::unix_now() - unix).max(0.0) as u64;
+    let secs = (unix_now() - unix).max(0.0) as u64;
     match secs {
         0..=59 => format!("{secs}s ago"),
         60..=3599 => format!("{}m ago", secs / 60),
         3600..=86399 => format!("{}h {}m ago", secs / 3600, secs % 3600 / 60),
         _ => format!("{}d ago", secs / 86400),
     }
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn uptime(secs: u64) -> String {
@@ -368,7 +375,7 @@ mod tests {
             rate_window_seconds: 10.0,
             reload: ReloadStatus {
                 last_result: "failure",
-                last_attempt_unix: Some(crate::app::unix_now() - 5.0),
+                last_attempt_unix: Some(unix_now() - 5.0),
                 last_error: Some("f.toml:3:1: route[0].upstream: no upstream named \"x\"".into()),
                 last_success_unix: 0.0,
                 successes: 2,
