@@ -26,6 +26,8 @@ use crate::routing::{RoutingTable, Upstream};
 /// Largest request body read.
 pub const MAX_BODY: usize = 4096;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request with a missing or wrong token waits for its 401.
+const UNAUTHORIZED_DELAY: Duration = Duration::from_millis(100);
 
 /// `action` label values.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -275,6 +277,13 @@ pub async fn handle(admin: &AdminHandle, peer: IpAddr, req: Request<Incoming>) -
         result = %outcome.as_str(),
         "admin api"
     );
+    if outcome == Outcome::Unauthorized {
+        // A wrong token costs the sender time, not us CPU: a connection
+        // guessing in a loop gets at most ten answers a second (and the
+        // listener holds at most 1024 connections), so a flood of guesses
+        // cannot take the CPU the proxy listeners need.
+        tokio::time::sleep(UNAUTHORIZED_DELAY).await;
+    }
     match result {
         Ok(body) => json_response(StatusCode::OK, &body),
         Err((Refusal(o, msg), allow)) => {
