@@ -1166,6 +1166,9 @@ async fn rolling_deploy(sticky: bool) {
                     let id = c.strip_prefix("sid=")?;
                     ids.iter().find(|(i, _)| i == id).map(|(_, n)| *n)
                 });
+                // The server in its drain window when this request was sent
+                // (so it was picked after the drain took effect).
+                let sent_in_window = *window.lock().unwrap();
                 match client.send(req.body(full("")).unwrap()).await {
                     Ok(r) => {
                         let r = collect(r).await;
@@ -1180,7 +1183,7 @@ async fn rolling_deploy(sticky: bool) {
                         let name = r.text();
                         *t.per_server.entry(name.clone()).or_default() += 1;
                         let static_name = names_of(&ids, &name);
-                        if static_name.is_some() && *window.lock().unwrap() == static_name {
+                        if static_name.is_some() && sent_in_window == static_name {
                             let e = t.in_window.entry(name.clone()).or_default();
                             e.0 += 1;
                             e.1 += usize::from(pinned_to == static_name);
@@ -1217,6 +1220,7 @@ async fn rolling_deploy(sticky: bool) {
             })
             .await;
         }
+        // Requests sent from now on were picked with the drain in effect.
         *window.lock().unwrap() = Some(name);
         // Traffic in the window, with the server up, then stopped.
         tokio::time::sleep(Duration::from_millis(200)).await;
