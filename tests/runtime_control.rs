@@ -465,6 +465,15 @@ async fn drain_keeps_sticky_clients_and_disable_does_not() {
         assert!(r.header("set-cookie").is_some(), "re-pinned elsewhere");
     }
     assert_eq!(a.hits(), hits);
+
+    // Drained and then stopped (a deploy): its sticky clients fail over to
+    // the other server, even with only one left to try.
+    set(&f, "drain", a.addr).await;
+    a.stop();
+    for _ in 0..5 {
+        let r = pinned(cookie_a.clone()).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "b"));
+    }
 }
 
 #[tokio::test]

@@ -380,7 +380,7 @@ async fn proxy(
                 match next {
                     Some(r)
                         if attempts_left > 0
-                            && upstream.up.len() > tried.len() + 1
+                            && has_untried(upstream, server, &tried)
                             && upstream
                                 .retry_budget
                                 .try_retry(upstream.config.retry_budget, clock_ms()) =>
@@ -433,6 +433,19 @@ fn pick_untried<'a>(
         Some(s) if usable(s) => Some(s),
         _ => upstream.up.iter().find(|s| usable(s)),
     }
+}
+
+/// Whether another up server than `failed` is left to try. (A sticky
+/// request may have tried a draining server, which is not in `up`.)
+fn has_untried(
+    upstream: &Upstream,
+    failed: &Arc<ServerState>,
+    tried: &[&Arc<ServerState>],
+) -> bool {
+    upstream
+        .up
+        .iter()
+        .any(|s| !Arc::ptr_eq(s, failed) && !tried.iter().any(|t| Arc::ptr_eq(t, s)))
 }
 
 fn body_error(flags: &BodyFlags) -> Option<ProxyError> {
