@@ -199,14 +199,10 @@ pub async fn run_with(
     state.checks.reconcile(&shared.table.load_full());
 
     let admin_addr = admin_sock.local_addr().unwrap_or(config.admin.listen);
-    let admin_handle = crate::admin::AdminHandle {
-        shared: shared.clone(),
-        host: state.clone(),
-    };
     let admin = crate::admin::spawn(
         admin_sock,
         config.admin.listener.clone(),
-        admin_handle,
+        admin_handle(&state),
         ADMIN_DRAIN,
     )
     .map_err(|source| AppError::Bind {
@@ -264,6 +260,15 @@ fn start_listener(
         addr: configured,
         source,
     })
+}
+
+/// What the admin listener gets of the application: the shared snapshot
+/// and registry, and `AppState` only through the narrow `admin::Host`.
+fn admin_handle(state: &Arc<AppState>) -> crate::admin::AdminHandle {
+    crate::admin::AdminHandle {
+        shared: state.shared.clone(),
+        host: state.clone(),
+    }
 }
 
 /// How long admin connections get to finish at shutdown.
@@ -345,11 +350,7 @@ pub async fn reload(state: &Arc<AppState>) {
             tracing::info!(generation, "config reloaded");
             // Overrides of servers the reload removed are gone: the state
             // file follows.
-            let handle = crate::admin::AdminHandle {
-                shared: state.shared.clone(),
-                host: state.clone(),
-            };
-            if let Err(e) = crate::admin::persist(&handle).await {
+            if let Err(e) = crate::admin::persist(&admin_handle(state)).await {
                 tracing::error!(error = %e, "cannot write the state file");
             }
         }
