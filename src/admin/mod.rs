@@ -14,7 +14,6 @@ pub mod status;
 pub use api::persist;
 pub use handle::{AdminHandle, Host, ReloadOutcome};
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,6 @@ use serde_json::json;
 use crate::backend::Registry;
 use crate::config::ListenerConfig;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::ProxyError;
 use crate::proxy::ConnInfo;
 use crate::routing::RoutingTable;
 use crate::server::{self, ConnCounters, Handler, RunningListener};
@@ -51,7 +49,7 @@ impl Handler for AdminHandler {
         // Marks the connection busy (its timers are the request head's and
         // idle timeouts) until the response is written.
         let active = conn.state.begin();
-        let resp = handle(&self.0, conn.client_ip, req).await;
+        let resp = handle(&self.0, &conn, req).await;
         resp.map(|b| ProxyBody::full(b).with_guard(active))
     }
 }
@@ -96,17 +94,10 @@ fn respond(
     r
 }
 
-async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Response<Bytes> {
+async fn handle(admin: &Admin, conn: &ConnInfo, req: Request<Incoming>) -> Response<Bytes> {
     // The head checks a proxy listener makes beyond hyper's parser (its
     // buffer limit is coarser than max_header_bytes), with the same answers.
-    let head = req.uri().path_and_query().map_or(0, |p| p.as_str().len()) + 16;
-    let refused = if head + crate::proxy::headers::head_size(req.headers())
-        > admin.settings.max_header_bytes
-    {
-        Some(ProxyError::HeadersTooLarge)
-    } else {
-        crate::proxy::validate::check(&req).err()
-    };
+    let refused = crate::proxy::check_request(conn, &admin.settings, &req).err();
     if let Some(e) = refused {
         let mut r = respond(e.status(), TEXT, e.body());
         if e.closes_connection() {
@@ -116,7 +107,7 @@ async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Response
         return r;
     }
     if req.uri().path().starts_with("/api/") {
-        let mut r = api::handle(&admin.handle, peer, req).await;
+        let mut r = api::handle(&admin.handle, conn.client_ip, req).await;
         r.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return r;

@@ -174,8 +174,9 @@ pub async fn handle(
     resp.map(|b| b.with_guard(active).with_access(access))
 }
 
-/// Checks that don't need a route: head size, framing and Host.
-fn check_request(
+/// Checks that do not need a route: head size and field count, framing and
+/// Host. The admin listener makes them too.
+pub fn check_request(
     conn: &ConnInfo,
     settings: &crate::config::ListenerConfig,
     req: &Request<Incoming>,

@@ -77,6 +77,11 @@ pub trait Handler: Clone + Unpin + Send + Sync + 'static {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<proxy::body::ProxyBody>> + Send + 'static;
+
+    /// Accounts for a response hyper sent on its own (a request head that
+    /// did not parse: 400, 414, 431) or our 408; such a request never
+    /// reaches `call`.
+    fn unparsed(&self, _conn: &ConnInfo, _code: u16) {}
 }
 
 /// The proxy as a listener's handler.
@@ -91,6 +96,10 @@ impl Handler for ProxyHandler {
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<proxy::body::ProxyBody>> + Send + 'static {
         proxy::handle(self.0, conn, req)
+    }
+
+    fn unparsed(&self, conn: &ConnInfo, code: u16) {
+        count_unparsed(&self.0, conn, code);
     }
 }
 
@@ -604,7 +613,7 @@ where
             park,
         ));
         // Kept for counting what hyper answers itself (a parse error).
-        let (conn_shared, conn_info) = (shared.clone(), info.clone());
+        let (conn_handler, conn_info) = (handler.clone(), info.clone());
         let svc = service_fn(move |req| {
             let fut = handler.clone().call(info.clone(), req);
             async move { Ok::<_, Infallible>(fut.await) }
@@ -636,7 +645,7 @@ where
             result.as_ref().err().and_then(|e| automatic_status(&**e))
         };
         if let Some(code) = status {
-            count_unparsed(&conn_shared, &conn_info, code);
+            conn_handler.unparsed(&conn_info, code);
         }
         if let Err(e) = result {
             tracing::trace!(error = %e, "client connection ended with error");
