@@ -85,7 +85,22 @@ pub async fn run_with(
         socks.push(s);
     }
 
+    // Runtime overrides from the last run apply to the servers the first
+    // snapshot creates; the rest (servers no longer configured) are dropped.
+    if let Some(path) = &config.admin.state_file {
+        registry.restore(crate::backend::overrides::load(path));
+    }
     let table = RoutingTable::build(config.clone(), &registry, 1);
+    let dropped = registry.forget_restored();
+    if let (Some(path), true) = (&config.admin.state_file, dropped > 0) {
+        // What was dropped (servers no longer configured) leaves the file now,
+        // so it cannot come back with the server in a later config. (A file
+        // that could not be read is left as it is, for a person to look at.)
+        let servers = table.upstreams.iter().flat_map(|u| u.servers.iter());
+        if let Err(e) = registry.save_overrides(path, servers.map(|s| &**s)) {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
+        }
+    }
     metrics.config_generation.set(1);
     metrics
         .config_last_reload_success_timestamp_seconds
@@ -108,14 +123,22 @@ pub async fn run_with(
         swap: tokio::sync::Mutex::new(()),
         reloading: tokio::sync::Mutex::new(()),
         checks: ActiveChecks::default(),
+        admin: tokio::sync::Mutex::new(None),
     });
     state.checks.reconcile(&shared.table.load_full());
 
     let admin_addr = admin_sock.local_addr().unwrap_or(config.admin.listen);
-    crate::admin::spawn(admin_sock, state.clone()).map_err(|source| AppError::Bind {
+    let admin = crate::admin::spawn(
+        admin_sock,
+        config.admin.listener.clone(),
+        crate::reload::admin_handle(&state),
+        ADMIN_DRAIN,
+    )
+    .map_err(|source| AppError::Bind {
         addr: config.admin.listen,
         source,
     })?;
+    *state.admin.lock().await = Some(admin);
     let mut bound = Bound {
         admin: admin_addr,
         listeners: Vec::new(),
@@ -204,6 +227,9 @@ impl Signals {
     }
 }
 
+/// How long admin connections get to finish at shutdown.
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);
+
 async fn shutdown(state: &Arc<AppState>) {
     state.shared.shutting_down.store(true, Ordering::Relaxed);
     state.checks.stop_all();
@@ -215,6 +241,11 @@ async fn shutdown(state: &Arc<AppState>) {
     let drains = running.into_iter().map(|r| r.drain(timeout));
     for d in drains.collect::<Vec<_>>() {
         d.await;
+    }
+    // The admin listener last: /ready says 503 and /metrics stays readable
+    // while the proxy drains.
+    if let Some(admin) = state.admin.lock().await.take() {
+        admin.drain(ADMIN_DRAIN).await;
     }
     tracing::info!("shutdown complete");
 }

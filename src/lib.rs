@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn_state;
+pub mod ctl;
 pub mod demo;
 pub mod health;
 pub mod logging;

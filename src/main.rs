@@ -61,6 +61,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ctl(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(fulcrum::ctl::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Command::Demo { port, log } => {
             let _log_guard = fulcrum::logging::init(log.log_format, &log.log_level);
             let rt = match runtime(0) {

@@ -42,6 +42,11 @@ pub struct Metrics {
     pub config_last_reload_success_timestamp_seconds: Gauge,
     pub config_generation: IntGauge,
     pub build_info: IntGaugeVec,
+    /// 0 none, 1 drain, 2 disable (runtime control).
+    pub upstream_server_admin_state: IntGaugeVec,
+    /// The weight strategies use: the runtime override or the configured one.
+    pub upstream_server_weight: IntGaugeVec,
+    pub admin_requests_total: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -203,6 +208,24 @@ impl Metrics {
                 "fulcrum_build_info",
                 "Always 1; the version label says which build runs.",
                 &["version"],
+            ),
+            upstream_server_admin_state: gauge(
+                &r,
+                "fulcrum_upstream_server_admin_state",
+                "Runtime override of a server: 0 none, 1 drain, 2 disable.",
+                &["upstream", "server"],
+            ),
+            upstream_server_weight: gauge(
+                &r,
+                "fulcrum_upstream_server_weight",
+                "Effective weight of a server (runtime override or configured).",
+                &["upstream", "server"],
+            ),
+            admin_requests_total: counter(
+                &r,
+                "fulcrum_admin_requests_total",
+                "Admin API requests, by action and result.",
+                &["action", "result"],
             ),
             registry: r,
         };
@@ -452,6 +475,8 @@ pub struct ServerMetrics {
     pub ejections: IntCounter,
     pub checks_pass: IntCounter,
     pub checks_fail: IntCounter,
+    pub admin_state: IntGauge,
+    pub weight: IntGauge,
 }
 
 struct ServerFamilies {
@@ -461,6 +486,8 @@ struct ServerFamilies {
     up: IntGaugeVec,
     ejections: IntCounterVec,
     checks: IntCounterVec,
+    admin_state: IntGaugeVec,
+    weight: IntGaugeVec,
 }
 
 impl ServerMetrics {
@@ -476,6 +503,8 @@ impl ServerMetrics {
                 up: m.upstream_server_up.clone(),
                 ejections: m.upstream_ejections_total.clone(),
                 checks: m.health_checks_total.clone(),
+                admin_state: m.upstream_server_admin_state.clone(),
+                weight: m.upstream_server_weight.clone(),
             },
             responses: CodeCounters::new(
                 &m.upstream_requests_total,
@@ -495,6 +524,8 @@ impl ServerMetrics {
             checks_fail: m
                 .health_checks_total
                 .with_label_values(&[upstream, server, "fail"]),
+            admin_state: m.upstream_server_admin_state.with_label_values(&l),
+            weight: m.upstream_server_weight.with_label_values(&l),
         }
     }
 
@@ -523,6 +554,8 @@ impl ServerMetrics {
         let _ = f.ejections.remove_label_values(&l);
         let _ = f.checks.remove_label_values(&[l[0], l[1], "pass"]);
         let _ = f.checks.remove_label_values(&[l[0], l[1], "fail"]);
+        let _ = f.admin_state.remove_label_values(&l);
+        let _ = f.weight.remove_label_values(&l);
     }
 }
 
@@ -604,6 +637,21 @@ mod tests {
         ),
         ("fulcrum_config_generation", "gauge", &[]),
         ("fulcrum_build_info", "gauge", &["version"]),
+        (
+            "fulcrum_upstream_server_admin_state",
+            "gauge",
+            &["upstream", "server"],
+        ),
+        (
+            "fulcrum_upstream_server_weight",
+            "gauge",
+            &["upstream", "server"],
+        ),
+        (
+            "fulcrum_admin_requests_total",
+            "counter",
+            &["action", "result"],
+        ),
     ];
 
     #[test]
@@ -620,6 +668,7 @@ mod tests {
             .with_label_values(&["web", "proxy_protocol"]);
         m.tls_handshake_errors_total.with_label_values(&["web"]);
         m.retries_total.with_label_values(&["api"]);
+        m.admin_requests_total.with_label_values(&["drain", "ok"]);
         _route.requests.inc(200);
         let text = String::from_utf8(m.render()).unwrap();
         for (name, kind, labels) in SPEC {

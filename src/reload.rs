@@ -16,14 +16,7 @@ use crate::proxy::Shared;
 use crate::routing::RoutingTable;
 use crate::server::{self, RunningListener};
 
-/// The result of the last reload attempt, for the status page.
-#[derive(Debug, Clone)]
-pub struct ReloadOutcome {
-    pub at_unix: f64,
-    pub generation: u64,
-    /// `None` when it succeeded.
-    pub error: Option<String>,
-}
+pub use crate::admin::ReloadOutcome;
 
 /// State shared by the admin endpoints, reloads and shutdown.
 pub struct AppState {
@@ -41,6 +34,40 @@ pub struct AppState {
     /// read the file earlier can never publish after one that read it later.
     pub(crate) reloading: tokio::sync::Mutex<()>,
     pub(crate) checks: ActiveChecks,
+    /// The admin listener, drained last at shutdown.
+    pub(crate) admin: tokio::sync::Mutex<Option<RunningListener>>,
+}
+
+/// The admin listener's view of the application.
+impl crate::admin::Host for AppState {
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    fn bound_addrs(&self) -> Vec<(String, SocketAddr)> {
+        AppState::bound_addrs(self)
+    }
+
+    fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn republish(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _swap = self.swap.lock().await;
+            let current = self.shared.table.load_full();
+            self.publish(current.config.clone(), current.generation);
+        })
+    }
+}
+
+/// What the admin listener gets of the application: the shared snapshot
+/// and registry, and `AppState` only through the narrow `admin::Host`.
+pub(crate) fn admin_handle(state: &Arc<AppState>) -> crate::admin::AdminHandle {
+    crate::admin::AdminHandle {
+        shared: state.shared.clone(),
+        host: state.clone(),
+    }
 }
 
 impl AppState {
@@ -107,6 +134,11 @@ pub async fn reload(state: &Arc<AppState>) {
                 .set(unix_now());
             m.config_generation.set(generation as i64);
             tracing::info!(generation, "config reloaded");
+            // Overrides of servers the reload removed are gone: the state
+            // file follows.
+            if let Err(e) = crate::admin::persist(&admin_handle(state)).await {
+                tracing::error!(error = %e, "cannot write the state file");
+            }
         }
         Err(e) => {
             m.config_reloads_total.with_label_values(&["failure"]).inc();

@@ -1,72 +1,93 @@
-//! The admin listener: /health, /ready, /metrics, /status and /status.json.
+//! The admin listener: /health, /ready, /metrics, /status, /status.json and
+//! the runtime-control API under /api/v1.
+//!
+//! It is served through the same accept path as proxy listeners
+//! (`server::spawn_with`): header and idle timeouts, 400/431 from the
+//! parser, a connection limit, drain on shutdown. It sees the application
+//! only through an `AdminHandle`.
 
+pub mod api;
+pub mod handle;
 mod page;
 pub mod status;
 
-use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+pub use api::persist;
+pub use handle::{AdminHandle, Host, ReloadOutcome};
+
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::backend::Registry;
-use crate::reload::AppState;
+use crate::config::ListenerConfig;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::ConnInfo;
 use crate::routing::RoutingTable;
+use crate::server::{self, ConnCounters, Handler, RunningListener};
 use status::Sampler;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
 
 struct Admin {
-    state: Arc<AppState>,
+    handle: AdminHandle,
+    settings: Arc<ListenerConfig>,
     sampler: Arc<Sampler>,
     started: Instant,
 }
 
-/// Serves the admin endpoints until the process exits, and starts the
-/// sampler behind the status page's rates.
-pub fn spawn(listener: std::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
+#[derive(Clone)]
+struct AdminHandler(Arc<Admin>);
+
+impl Handler for AdminHandler {
+    async fn call(self, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+        // Marks the connection busy (its timers are the request head's and
+        // idle timeouts) until the response is written.
+        let active = conn.state.begin();
+        let resp = handle(&self.0, &conn, req).await;
+        resp.map(|b| ProxyBody::full(b).with_guard(active))
+    }
+}
+
+/// Serves the admin endpoints on `listener` with `settings` (the defaults
+/// of a listener, 1024 connections) until drained, and starts the sampler
+/// behind the status page's rates.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    settings: Arc<ListenerConfig>,
+    handle: AdminHandle,
+    drain_timeout: Duration,
+) -> std::io::Result<RunningListener> {
     let admin = Arc::new(Admin {
-        sampler: Sampler::spawn(state.clone()),
-        state,
+        settings: settings.clone(),
+        sampler: Sampler::spawn(handle.clone()),
+        handle,
         started: Instant::now(),
     });
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(handle(&admin, req)) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(())
+    let configured = settings.listen;
+    server::spawn_with(
+        listener,
+        configured,
+        settings,
+        admin.handle.shared.clone(),
+        AdminHandler(admin),
+        Box::new(|_: &str| None),
+        ConnCounters::unexported(),
+        Arc::new(move || drain_timeout),
+    )
 }
 
 fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+) -> Response<Bytes> {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -74,14 +95,31 @@ fn respond(
     r
 }
 
-fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(admin: &Admin, conn: &ConnInfo, req: Request<Incoming>) -> Response<Bytes> {
+    // The head checks a proxy listener makes beyond hyper's parser (its
+    // buffer limit is coarser than max_header_bytes), with the same answers.
+    let refused = crate::proxy::check_request(conn, &admin.settings, &req).err();
+    if let Some(e) = refused {
+        let mut r = respond(e.status(), TEXT, e.body());
+        if e.closes_connection() {
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return r;
+    }
+    if req.uri().path().starts_with("/api/") {
+        let mut r = api::handle(&admin.handle, conn.client_ip, req).await;
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
         r.headers_mut()
             .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let state = &admin.state;
+    let state = &admin.handle;
     match req.uri().path() {
         "/health" => respond(StatusCode::OK, JSON, health(state).to_string()),
         "/ready" => match readiness(state) {
@@ -110,7 +148,7 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             respond(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
-                page::render(&s, status::shutting_down(state)),
+                page::render(&s, state.shutting_down()),
             )
         }
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
@@ -119,7 +157,7 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Liveness: answers while the process serves, with each upstream's
 /// up/total server counts.
-fn health(state: &AppState) -> serde_json::Value {
+fn health(state: &AdminHandle) -> serde_json::Value {
     let table = state.shared.table.load();
     let upstreams: serde_json::Map<String, serde_json::Value> = table
         .upstreams
@@ -136,10 +174,10 @@ fn health(state: &AppState) -> serde_json::Value {
 }
 
 /// Why the process should not get traffic, if it shouldn't.
-pub fn readiness(state: &AppState) -> Result<(), String> {
+pub fn readiness(state: &AdminHandle) -> Result<(), String> {
     readiness_of(
-        state.shared.shutting_down.load(Ordering::Relaxed),
-        state.started.load(Ordering::Relaxed),
+        state.shutting_down(),
+        state.host.started(),
         &state.shared.table.load(),
     )
 }
@@ -154,7 +192,7 @@ fn readiness_of(shutting_down: bool, started: bool, table: &RoutingTable) -> Res
     let down: Vec<&str> = table
         .upstreams
         .iter()
-        .filter(|u| !u.servers.iter().any(|s| s.is_up()))
+        .filter(|u| !u.servers.iter().any(|s| s.is_pickable()))
         .map(|u| &*u.name)
         .collect();
     if down.is_empty() {
@@ -167,7 +205,7 @@ fn readiness_of(shutting_down: bool, started: bool, table: &RoutingTable) -> Res
 /// Gauges that mirror state kept elsewhere are set at scrape time, so the
 /// request path pays nothing for them. Draining servers (removed by a
 /// reload, still finishing requests) report up=0 until they are gone.
-fn sync_gauges(state: &AppState) {
+fn sync_gauges(state: &AdminHandle) {
     sync_server_gauges(&state.shared.registry, &state.shared.table.load());
 }
 

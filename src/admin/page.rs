@@ -11,7 +11,7 @@ use super::status::{ServerStatus, Status, UpstreamStatus};
 const STYLE: &str = r#"
 :root{--bg:#f6f7f9;--card:#fff;--ink:#1d2433;--mute:#667085;--line:#e4e7ec;
 --up:#12805c;--upbg:#e3f6ee;--down:#c0262d;--downbg:#fde8e8;--ej:#b54708;--ejbg:#fef0c7;
---dr:#475467;--drbg:#eaecf0}
+--dr:#475467;--drbg:#eaecf0;--dis:#6941c6;--disbg:#f4ebff}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
 header{background:#1d2433;color:#fff;padding:14px 28px;display:flex;gap:24px;align-items:center;flex-wrap:wrap}
@@ -29,6 +29,9 @@ tr:last-child td{border-bottom:0}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600}
 .up{color:var(--up);background:var(--upbg)}.down{color:var(--down);background:var(--downbg)}
 .ejected{color:var(--ej);background:var(--ejbg)}.draining{color:var(--dr);background:var(--drbg)}
+.disabled,.badge.admin-disable{color:var(--dis);background:var(--disbg)}.badge.admin-drain{color:var(--dr);background:var(--drbg)}
+tr.admin-drain td,tr.admin-disable td{background:repeating-linear-gradient(135deg,#fff 0 8px,#f2f4f7 8px 16px)}
+.over{color:var(--dis);font-weight:600}
 .ok{color:var(--up)}.bad{color:var(--down)}.warn{color:var(--ej)}.mute{color:var(--mute)}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px}
 .grid section{margin:0}
@@ -236,18 +239,36 @@ fn upstream(h: &mut String, u: &UpstreamStatus) {
     h.push_str("</table></section>");
 }
 
+/// The weight cell: the effective weight, and the configured one when an
+/// operator overrode it.
+fn weight_cell(s: &ServerStatus) -> String {
+    match (s.weight, s.effective_weight) {
+        (Some(w), Some(e)) if w != e => {
+            format!("<span class=over title=\"runtime override; configured {w}\">{e}</span> <span class=mute>({w})</span>")
+        }
+        (Some(w), _) => w.to_string(),
+        (None, _) => "–".to_string(),
+    }
+}
+
 fn server_row(h: &mut String, upstream: &str, s: &ServerStatus) {
+    // An operator's drain/disable is marked even when health says more
+    // (a disabled server that is also down shows both).
+    let admin = match s.admin_state {
+        "none" => String::new(),
+        a => format!(" <span class=\"badge admin-{a}\" title=\"set through the admin API\">admin: {a}</span>"),
+    };
     let _ = write!(
         h,
-        "<tr class=server data-upstream=\"{}\" data-server=\"{}\" data-state={st}>\
-         <td>{}</td><td><span class=\"badge {st}\">{st}</span></td>\
+        "<tr class=\"server admin-{adm}\" data-upstream=\"{}\" data-server=\"{}\" data-state={st} data-admin-state={adm}>\
+         <td>{}</td><td><span class=\"badge {st}\">{st}</span>{admin}</td>\
          <td class=num>{}</td><td class=num>{}</td><td class=num>{:.1}</td>\
          <td class=\"{}\">{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td>\
          <td class=num>{}</td><td class=num>{}</td><td class=num>{}</td></tr>",
         esc(upstream),
         esc(&s.address),
         esc(&s.address),
-        s.weight.map_or("–".to_string(), |w| w.to_string()),
+        weight_cell(s),
         s.in_flight,
         s.requests_per_second,
         err_class(s.error_ratio),
@@ -259,6 +280,7 @@ fn server_row(h: &mut String, upstream: &str, s: &ServerStatus) {
         s.errors_total,
         s.idle_connections,
         st = s.state,
+        adm = s.admin_state,
     );
 }
 
@@ -318,7 +340,9 @@ mod tests {
         ServerStatus {
             address: address.into(),
             weight: Some(1),
+            effective_weight: Some(1),
             state,
+            admin_state: "none",
             in_flight: 0,
             requests_total: 10,
             errors_total: 1,
@@ -387,7 +411,7 @@ mod tests {
             ("10.0.0.4:80", "up"),
         ] {
             assert!(h.contains(&format!(
-                "data-upstream=\"api\" data-server=\"{addr}\" data-state={state}>"
+                "data-upstream=\"api\" data-server=\"{addr}\" data-state={state} data-admin-state=none>"
             )));
             assert!(h.contains(&format!("<span class=\"badge {state}\">{state}</span>")));
         }

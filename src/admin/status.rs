@@ -10,16 +10,15 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::core::Metric;
 use serde::Serialize;
 
+use super::handle::AdminHandle;
 use crate::backend::ServerState;
 use crate::config::HostMatch;
-use crate::reload::AppState;
 use crate::routing::RoutingTable;
 
 /// How far back rates look.
@@ -79,7 +78,7 @@ pub struct Sampler {
 impl Sampler {
     /// Samples once a second while the status is being viewed (costs about
     /// 1 µs per server per second; nothing when nobody looks).
-    pub fn spawn(state: Arc<AppState>) -> Arc<Sampler> {
+    pub fn spawn(state: AdminHandle) -> Arc<Sampler> {
         let sampler = Arc::new(Sampler {
             samples: Mutex::default(),
             viewed: Mutex::new(Some(Instant::now())),
@@ -111,7 +110,7 @@ impl Sampler {
     }
 
     /// Notes a view; after an idle spell the first view starts the window.
-    fn viewed(&self, state: &AppState) {
+    fn viewed(&self, state: &AdminHandle) {
         *self.viewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         if self.lock().is_empty() {
             self.record(take_sample(state));
@@ -152,7 +151,7 @@ fn listener_requests(table: &RoutingTable) -> HashMap<String, u64> {
         .collect()
 }
 
-fn take_sample(state: &AppState) -> Sample {
+fn take_sample(state: &AdminHandle) -> Sample {
     let servers = state
         .shared
         .registry
@@ -231,9 +230,14 @@ pub struct UpstreamStatus {
 #[derive(Debug, Serialize)]
 pub struct ServerStatus {
     pub address: String,
+    /// Configured weight (`None` for a server a reload removed).
     pub weight: Option<u32>,
-    /// "up", "down", "ejected" or "draining".
+    /// The weight strategies use: a runtime override or the configured one.
+    pub effective_weight: Option<u32>,
+    /// "up", "down", "ejected", "disabled" or "draining".
     pub state: &'static str,
+    /// The operator's override: "none", "drain" or "disable".
+    pub admin_state: &'static str,
     pub in_flight: usize,
     pub requests_total: u64,
     pub errors_total: u64,
@@ -247,8 +251,9 @@ pub struct ServerStatus {
 }
 
 /// A server's state as an operator names it: "up", "down" (active checks),
-/// "ejected" (passive health), or "draining" when only the registry still
-/// holds it (a reload removed it and requests are finishing).
+/// "ejected" (passive health), "disabled" or "draining" (runtime control),
+/// or "draining" when only the registry still holds it (a reload removed it
+/// and requests are finishing).
 pub fn server_state(s: &ServerState, in_table: bool) -> &'static str {
     if in_table {
         s.state_name()
@@ -320,7 +325,9 @@ fn server_status(
     ServerStatus {
         address: s.label.clone(),
         weight,
+        effective_weight: weight.map(|_| s.effective_weight()),
         state: server_state(s, in_table),
+        admin_state: s.admin.state().as_str(),
         in_flight: s.in_flight(),
         requests_total: now.requests,
         errors_total: now.errors,
@@ -350,7 +357,7 @@ fn host_str(h: &HostMatch) -> String {
 /// Builds the status document from the current snapshot, the registry and
 /// the sampler's baseline.
 pub fn build(
-    state: &AppState,
+    state: &AdminHandle,
     sampler: &Sampler,
     started: Instant,
     readiness: Result<(), String>,
@@ -369,7 +376,7 @@ pub fn build(
     };
 
     let listener_now = listener_requests(&table);
-    let bound = state.bound_addrs();
+    let bound = state.host.bound_addrs();
     let listeners = table
         .listeners
         .iter()
@@ -441,7 +448,7 @@ pub fn build(
                 name: u.name.to_string(),
                 strategy: u.config.strategy.as_str().to_string(),
                 removed: false,
-                servers_up: u.servers.iter().filter(|s| s.is_up()).count(),
+                servers_up: u.servers.iter().filter(|s| s.is_pickable()).count(),
                 servers_total: u.servers.len(),
                 requests_per_second: 0.0,
                 error_ratio: None,
@@ -484,11 +491,7 @@ pub fn build(
         u.error_ratio = (req > 0.0).then(|| err / req);
     }
 
-    let last = state
-        .last_reload
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
+    let last = state.host.last_reload();
     let reload = ReloadStatus {
         last_result: match &last {
             None => "none",
@@ -514,11 +517,6 @@ pub fn build(
         routes,
         upstreams,
     }
-}
-
-/// Whether the process is shutting down (for the page's banner).
-pub fn shutting_down(state: &AppState) -> bool {
-    state.shared.shutting_down.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

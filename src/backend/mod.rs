@@ -6,210 +6,30 @@
 //! references; the registry holds weak ones, so a server removed by a reload
 //! disappears once the last request on it has finished.
 
+pub mod overrides;
+mod state;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-
-use crate::balance::{LoadHook, PeakEwma};
-use crate::clock::{clock_ms, clock_ms_at};
+pub use overrides::{AdminState, MAX_WEIGHT};
+pub use state::{Ejection, Health, Load, ServerState};
 
 use crate::config::RateLimit;
-use crate::metrics::{Metrics, RouteMetrics, ServerMetrics};
-use crate::proxy::pool::Pool;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 use crate::retry_budget::RetryBudget;
-
-/// State of one server of one upstream.
-pub struct ServerState {
-    pub upstream: Arc<str>,
-    pub addr: SocketAddr,
-    /// `ip:port`, the `server` metric label.
-    pub label: String,
-    in_flight: AtomicUsize,
-    /// Down by active health checks.
-    checked_down: AtomicBool,
-    /// Ejected by passive health; cleared when `ejected_until` passes.
-    ejected: AtomicBool,
-    /// End of the current ejection, in ms on the process clock.
-    ejected_until: AtomicU64,
-    /// Live-traffic failures in a row (passive health).
-    consecutive_failures: AtomicU32,
-    /// In-flight requests over every server of this upstream (shared).
-    group_in_flight: Arc<AtomicUsize>,
-    /// When the server last came up, as `clock_ms + 1`; 0 = not ramping.
-    up_since: AtomicU64,
-    /// Peak-EWMA of response-head latency (used by `peak-ewma`).
-    pub ewma: PeakEwma,
-    /// Told about every in-flight change (used by `least-connections`).
-    pub(crate) load_hook: ArcSwapOption<LoadHook>,
-    pub pool: Pool,
-    pub metrics: ServerMetrics,
-    registry: Weak<Registry>,
-}
-
-impl ServerState {
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Eligible for new requests: not down by active checks, not ejected.
-    #[inline]
-    pub fn is_up(&self) -> bool {
-        !self.checked_down.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
-    }
-
-    pub fn is_checked_down(&self) -> bool {
-        self.checked_down.load(Ordering::Relaxed)
-    }
-
-    pub fn is_ejected(&self) -> bool {
-        self.ejected.load(Ordering::Relaxed)
-    }
-
-    /// "up", "down" or "ejected", for people.
-    pub fn state_name(&self) -> &'static str {
-        if self.is_checked_down() {
-            "down"
-        } else if self.is_ejected() {
-            "ejected"
-        } else {
-            "up"
-        }
-    }
-
-    /// Records an active-check verdict; returns true when it changed.
-    pub fn set_checked_down(&self, down: bool) -> bool {
-        let changed = self.checked_down.swap(down, Ordering::Relaxed) != down;
-        if changed && !down {
-            // Coming back: `slow_start` ramps it up from here.
-            self.set_up_since(Some(Instant::now()));
-        }
-        if changed {
-            self.metrics.up.set(self.is_up() as i64);
-            self.health_changed();
-        }
-        changed
-    }
-
-    /// A live request succeeded: the failure streak ends.
-    #[inline]
-    pub fn record_success(&self) {
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// A live request failed; returns the length of the failure streak.
-    pub fn record_failure(&self) -> u32 {
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Takes the server out of rotation for `time`.
-    pub fn eject(&self, time: Duration) {
-        self.ejected_until
-            .store(clock_ms() + time.as_millis() as u64, Ordering::Relaxed);
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        if !self.ejected.swap(true, Ordering::Relaxed) {
-            self.metrics.ejections.inc();
-            self.metrics.up.set(0);
-            self.health_changed();
-        }
-    }
-
-    /// When the ejection ends (process-clock ms), if ejected.
-    pub fn ejected_until(&self) -> Option<u64> {
-        self.is_ejected()
-            .then(|| self.ejected_until.load(Ordering::Relaxed))
-    }
-
-    /// Ends an ejection whose time is over; returns true if it did.
-    pub fn end_ejection_if_due(&self, now_ms: u64) -> bool {
-        if self.is_ejected() && self.ejected_until.load(Ordering::Relaxed) <= now_ms {
-            self.ejected.store(false, Ordering::Relaxed);
-            self.set_up_since(Some(Instant::now()));
-            self.metrics.up.set(self.is_up() as i64);
-            tracing::info!(upstream = %self.upstream, server = %self.addr, "server back from ejection");
-            return true;
-        }
-        false
-    }
-
-    fn health_changed(&self) {
-        if let Some(r) = self.registry.upgrade() {
-            r.health_changed.notify_one();
-        }
-    }
-
-    /// Records when the server came up, which starts its `slow_start` ramp;
-    /// `None` means it has been up long enough (full weight).
-    pub fn set_up_since(&self, at: Option<Instant>) {
-        let v = at.map_or(0, |t| clock_ms_at(t) + 1);
-        self.up_since.store(v, Ordering::Relaxed);
-    }
-
-    /// `clock_ms` at which the server came up, if a ramp may be running.
-    #[inline]
-    pub fn up_since_ms(&self) -> Option<u64> {
-        match self.up_since.load(Ordering::Relaxed) {
-            0 => None,
-            v => Some(v - 1),
-        }
-    }
-
-    /// In-flight requests over every server of this server's upstream.
-    #[inline]
-    pub fn group_in_flight(&self) -> usize {
-        self.group_in_flight.load(Ordering::Relaxed)
-    }
-
-    /// The shared upstream-wide in-flight counter.
-    pub(crate) fn group_in_flight_handle(&self) -> Arc<AtomicUsize> {
-        self.group_in_flight.clone()
-    }
-
-    #[inline]
-    fn load_changed(&self) {
-        if let Some(h) = &*self.load_hook.load() {
-            h.update(self);
-        }
-    }
-}
-
-impl Drop for ServerState {
-    fn drop(&mut self) {
-        let Some(reg) = self.registry.upgrade() else {
-            return;
-        };
-        let mut inner = reg.lock();
-        let Some(of_upstream) = inner.servers.get_mut(&*self.upstream) else {
-            return;
-        };
-        // A reload may already have created a successor for the same key; its
-        // series are the same series, so only remove them if nobody took over.
-        if of_upstream
-            .get(&self.addr)
-            .is_some_and(|w| w.strong_count() == 0)
-        {
-            of_upstream.remove(&self.addr);
-            if of_upstream.is_empty() {
-                inner.servers.remove(&*self.upstream);
-            }
-            self.metrics.remove_series();
-        }
-    }
-}
 
 /// Counts a request against a server from pick until the response body ends.
 pub struct InFlight(Arc<ServerState>);
 
 impl InFlight {
     pub fn new(server: Arc<ServerState>) -> InFlight {
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
-        server.group_in_flight.fetch_add(1, Ordering::Relaxed);
+        server.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.load.group.fetch_add(1, Ordering::Relaxed);
         server.load_changed();
         InFlight(server)
     }
@@ -221,8 +41,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.group_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.load.group.fetch_sub(1, Ordering::Relaxed);
         self.0.load_changed();
     }
 }
@@ -271,6 +91,12 @@ pub struct Registry {
     inner: Mutex<Inner>,
     /// Signalled when a server's eligibility changes, so the snapshot is rebuilt.
     pub health_changed: tokio::sync::Notify,
+    /// Overrides read from the state file at start, applied to each server
+    /// as it is first created, then forgotten.
+    restored: Mutex<overrides::Saved>,
+    /// The state file content last written (serialises writes, and skips
+    /// writing unchanged content).
+    saved: Mutex<String>,
 }
 
 impl Registry {
@@ -279,6 +105,8 @@ impl Registry {
             metrics,
             inner: Mutex::new(Inner::default()),
             health_changed: tokio::sync::Notify::new(),
+            restored: Mutex::default(),
+            saved: Mutex::default(),
         })
     }
 
@@ -308,7 +136,6 @@ impl Registry {
             Some((k, _)) => k.clone(),
             None => Arc::from(upstream),
         };
-        let label = addr.to_string();
         let group_in_flight = match inner.groups.get(upstream).and_then(Weak::upgrade) {
             Some(g) => g,
             None => {
@@ -318,30 +145,64 @@ impl Registry {
                 g
             }
         };
-        let state = Arc::new(ServerState {
-            upstream: name.clone(),
+        let state = Arc::new(ServerState::new(
+            self,
+            name.clone(),
             addr,
-            metrics: ServerMetrics::new(&self.metrics, upstream, &label),
-            label,
-            in_flight: AtomicUsize::new(0),
-            checked_down: AtomicBool::new(!initial_up),
-            ejected: AtomicBool::new(false),
-            ejected_until: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
+            initial_up,
             group_in_flight,
-            up_since: AtomicU64::new(0),
-            ewma: PeakEwma::default(),
-            load_hook: ArcSwapOption::empty(),
-            pool: Pool::default(),
-            registry: Arc::downgrade(self),
-        });
-        state.metrics.up.set(initial_up as i64);
+        ));
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(upstream.to_string(), addr));
+        if let Some(o) = restored {
+            state.set_admin_state(o.admin_state);
+            state.set_weight_override(o.weight);
+            tracing::info!(upstream, server = %addr, admin_state = o.admin_state.as_str(), weight = ?o.weight, "runtime override restored from the state file");
+        }
         inner
             .servers
             .entry(name)
             .or_default()
             .insert(addr, Arc::downgrade(&state));
         state
+    }
+
+    /// Overrides read from the state file, for the servers created next
+    /// (the first snapshot); see `forget_restored`.
+    pub fn restore(&self, saved: overrides::Saved) {
+        *self.restored.lock().unwrap_or_else(|p| p.into_inner()) = saved;
+    }
+
+    /// Drops restored overrides no configured server claimed (an override
+    /// belongs to a server in the config); returns how many.
+    pub fn forget_restored(&self) -> usize {
+        let left = std::mem::take(&mut *self.restored.lock().unwrap_or_else(|p| p.into_inner()));
+        for (upstream, addr) in left.keys() {
+            tracing::info!(upstream = %upstream, server = %addr, "state file names a server not in the config; override dropped");
+        }
+        left.len()
+    }
+
+    /// Writes the overrides of `servers` (the current snapshot's) to the
+    /// state file when they differ from what was last written. Blocking.
+    pub fn save_overrides<'a>(
+        &self,
+        path: &Path,
+        servers: impl Iterator<Item = &'a ServerState>,
+    ) -> std::io::Result<()> {
+        // Rendered under the lock: of two concurrent saves, the one that
+        // writes last also read last.
+        let mut last = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let content = overrides::render(servers);
+        if *last == content {
+            return Ok(());
+        }
+        overrides::write_atomic(path, &content)?;
+        *last = content;
+        Ok(())
     }
 
     /// Every server state still alive: those in the current snapshot, and

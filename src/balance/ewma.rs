@@ -90,9 +90,9 @@ impl PeakEwma {
 #[inline]
 pub fn record_response(s: &ServerState, latency: Duration, status: u16, headers: &http::HeaderMap) {
     if (status == 503 || status == 429) && headers.contains_key(http::header::RETRY_AFTER) {
-        s.ewma.observe(latency.max(PENALTY));
+        s.load.ewma.observe(latency.max(PENALTY));
     } else {
-        s.ewma.observe(latency);
+        s.load.ewma.observe(latency);
     }
 }
 
@@ -113,7 +113,7 @@ impl PeakEwmaBalancer {
         let now = clock_ms() as u32;
         self.p2c.pick(ctx, |s| {
             // +1 µs keeps an idle zero-latency server's in-flight count relevant.
-            (s.ewma.estimate_us(now) + 1.0) * (s.in_flight() as f64 + 1.0)
+            (s.load.ewma.estimate_us(now) + 1.0) * (s.in_flight() as f64 + 1.0)
         })
     }
 }

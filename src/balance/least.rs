@@ -76,7 +76,7 @@ impl LeastConn {
             tree.nodes[node].store(tree.min_of(node), Ordering::Relaxed);
         }
         for (i, s) in up.iter().enumerate() {
-            s.load_hook.store(Some(Arc::new(LoadHook {
+            s.load.hook.store(Some(Arc::new(LoadHook {
                 tree: tree.clone(),
                 leaf: i as u32,
             })));

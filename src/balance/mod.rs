@@ -4,7 +4,7 @@
 //!
 //! Every strategy is built over the servers that are up when the snapshot is
 //! built and `pick` returns an index into that list (`Upstream::up`), so it
-//! can never choose a server that is down, ejected or draining.
+//! can never choose a server that is down, ejected, drained or disabled.
 
 mod alias;
 pub mod ewma;
@@ -60,14 +60,19 @@ impl Balancer {
     /// Builds the strategy of `cfg`. `servers` are all configured servers (in
     /// `cfg.servers` order) and `up` the indices of those that are up; `pick`
     /// then returns a position in `up`.
+    ///
+    /// Weights are effective weights: an operator's runtime override (admin
+    /// API) wins over the configured weight, so a change applies from the
+    /// first pick of the next snapshot.
     pub fn build(cfg: &UpstreamConfig, servers: &[Arc<ServerState>], up: &[usize]) -> Balancer {
-        let weights: Vec<u32> = up.iter().map(|i| cfg.servers[*i].weight).collect();
+        let weight_of = |i: usize| servers[i].admin.weight().unwrap_or(cfg.servers[i].weight);
+        let weights: Vec<u32> = up.iter().map(|i| weight_of(*i)).collect();
         let up_servers: Vec<Arc<ServerState>> = up.iter().map(|i| servers[*i].clone()).collect();
         let slow = SlowStart::new(cfg.slow_start);
         // Only a least-connections tree listens to in-flight changes; it
         // registers itself on its up servers below.
         for s in servers {
-            s.load_hook.store(None);
+            s.load.hook.store(None);
         }
         match cfg.strategy {
             Strategy::RoundRobin => Balancer::RoundRobin(RoundRobin::new(up.len()), slow),
@@ -78,7 +83,7 @@ impl Balancer {
             Strategy::PowerOfTwo => Balancer::PowerOfTwo(PowerOfTwo::new(&weights, slow)),
             Strategy::PeakEwma => Balancer::PeakEwma(PeakEwmaBalancer::new(&weights, slow)),
             Strategy::IpHash | Strategy::ConsistentHash => {
-                let all_weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
+                let all_weights: Vec<u32> = (0..servers.len()).map(weight_of).collect();
                 Balancer::Maglev(Box::new(Maglev::new(
                     servers,
                     &all_weights,

@@ -62,7 +62,7 @@ fn pool(cfg: &UpstreamConfig, down: &HashSet<usize>) -> Pool {
     let now = super::clock_ms() as u32;
     for (i, s) in servers.iter().enumerate() {
         s.set_checked_down(down.contains(&i));
-        s.ewma.observe_at(super::ewma::SEED, now);
+        s.load.ewma.observe_at(super::ewma::SEED, now);
     }
     let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
     let up = up_idx.iter().map(|i| servers[*i].clone()).collect();
@@ -121,7 +121,7 @@ proptest! {
             let p = pool(&cfg, &HashSet::new());
             // equal latency everywhere, so only weights and load differ
             for s in &p.up {
-                s.ewma.observe_at(Duration::from_secs(5), 0);
+                s.load.ewma.observe_at(Duration::from_secs(5), 0);
             }
             let b = Balancer::build(&cfg, &p.servers, &p.up_idx);
             let picks = match strategy { Strategy::Weighted | Strategy::LeastConnections => total as usize * 20, _ => 20_000 };
@@ -336,5 +336,43 @@ proptest! {
             let s2 = p2.up[b2.pick(&PickContext { up: &p2.up, key }).unwrap()].addr;
             prop_assert_eq!(s1, s2);
         }
+    }
+}
+
+/// A runtime weight (admin API) is the weight every strategy uses: the
+/// deterministic strategies pick exactly as if it were configured.
+#[test]
+fn runtime_weight_overrides_replace_configured_weights() {
+    let weights = [5u32, 1, 3, 2];
+    for strategy in [Strategy::Weighted, Strategy::ConsistentHash] {
+        let configured = upstream(strategy, &weights);
+        let a = pool(&configured, &HashSet::new());
+        let plain = upstream(strategy, &[1, 1, 1, 1]);
+        let b = pool(&plain, &HashSet::new());
+        for (s, w) in b.servers.iter().zip(weights) {
+            s.set_weight_override(Some(w));
+        }
+        let ba = Balancer::build(&configured, &a.servers, &a.up_idx);
+        let bb = Balancer::build(&plain, &b.servers, &b.up_idx);
+        for k in 0..2000u64 {
+            let key = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let pa = ba.pick(&PickContext { up: &a.up, key });
+            let pb = bb.pick(&PickContext { up: &b.up, key });
+            assert_eq!(pa, pb, "{strategy:?} pick {k}");
+        }
+        // Reset: back to the configured (equal) weights.
+        for s in &b.servers {
+            s.set_weight_override(None);
+        }
+        let reset = Balancer::build(&plain, &b.servers, &b.up_idx);
+        let mut counts = [0usize; 4];
+        for k in 0..400u64 {
+            let key = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            counts[reset.pick(&PickContext { up: &b.up, key }).unwrap()] += 1;
+        }
+        assert!(
+            counts.iter().all(|c| (60..=140).contains(c)),
+            "{strategy:?} {counts:?}"
+        );
     }
 }

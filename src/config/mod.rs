@@ -4,6 +4,7 @@
 //! then `validate` → `Config`, which collects every error it finds, each naming
 //! the file, line, column and key.
 
+mod admin;
 mod ctx;
 mod health;
 mod listener;
@@ -19,6 +20,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use admin::{AdminToken, MIN_TOKEN_BYTES};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -39,6 +42,14 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The admin listener's connection settings (defaults, 1024 connections).
+    pub listener: Arc<ListenerConfig>,
+    /// The `/api/v1` bearer token, read from `token_file`; `None` disables
+    /// the API.
+    pub token: Option<AdminToken>,
+    pub token_file: Option<PathBuf>,
+    /// Where runtime overrides are persisted.
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

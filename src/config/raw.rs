@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub(crate) listen: S,
+    pub(crate) token_file: Option<S>,
+    pub(crate) state_file: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]

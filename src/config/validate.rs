@@ -71,13 +71,22 @@ fn key_at(text: &str, offset: usize) -> String {
 
 fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
     let admin = match &raw.admin {
-        Some(a) => AdminConfig {
-            listen: socket_addr(ctx, &a.get_ref().listen, "admin.listen"),
-        },
+        Some(a) => {
+            let listen = socket_addr(ctx, &a.get_ref().listen, "admin.listen");
+            super::admin::validate(ctx, path, a.get_ref(), listen)
+        }
         None => {
             ctx.error(0..0, "admin", "the [admin] table with `listen` is required");
             AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+                listener: std::sync::Arc::new(super::admin::listener_settings(
+                    ctx,
+                    path,
+                    SocketAddr::from(([127, 0, 0, 1], 9901)),
+                )),
+                token: None,
+                token_file: None,
+                state_file: None,
             }
         }
     };

@@ -175,8 +175,9 @@ pub async fn handle(
     resp.map(|b| b.with_guard(active).with_access(access))
 }
 
-/// Checks that don't need a route: head size, framing and Host.
-fn check_request(
+/// Checks that do not need a route: head size and field count, framing and
+/// Host. The admin listener makes them too.
+pub fn check_request(
     conn: &ConnInfo,
     settings: &crate::config::ListenerConfig,
     req: &Request<Incoming>,
@@ -266,7 +267,7 @@ async fn proxy(
     loop {
         attempts_left -= 1;
         let server = match sticky {
-            Some(s) if tried.is_empty() && s.is_up() => s,
+            Some(s) if tried.is_empty() && s.takes_sticky() => s,
             _ => pick_untried(upstream, &ctx, &tried).ok_or(ProxyError::NoHealthyUpstream)?,
         };
         *served = Some(server.addr);
@@ -353,7 +354,7 @@ async fn proxy(
             Err(f) => {
                 let e = body_error(&flags).unwrap_or(f.error);
                 if !matches!(e, ProxyError::UpstreamRefused(_)) {
-                    server.ewma.penalize();
+                    server.load.ewma.penalize();
                 }
                 let e = match e {
                     ProxyError::UpstreamProtocol(_) => invalid_response(upstream, server, e),
@@ -381,7 +382,7 @@ async fn proxy(
                 match next {
                     Some(r)
                         if attempts_left > 0
-                            && upstream.up.len() > tried.len() + 1
+                            && has_untried(upstream, server, &tried)
                             && upstream
                                 .retry_budget
                                 .try_retry(upstream.config.retry_budget, clock_ms()) =>
@@ -429,11 +430,24 @@ fn pick_untried<'a>(
     ctx: &PickContext<'_>,
     tried: &[&Arc<ServerState>],
 ) -> Option<&'a Arc<ServerState>> {
-    let usable = |s: &Arc<ServerState>| s.is_up() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
+    let usable = |s: &Arc<ServerState>| s.is_pickable() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
     match upstream.pick(ctx) {
         Some(s) if usable(s) => Some(s),
         _ => upstream.up.iter().find(|s| usable(s)),
     }
+}
+
+/// Whether another up server than `failed` is left to try. (A sticky
+/// request may have tried a draining server, which is not in `up`.)
+fn has_untried(
+    upstream: &Upstream,
+    failed: &Arc<ServerState>,
+    tried: &[&Arc<ServerState>],
+) -> bool {
+    upstream
+        .up
+        .iter()
+        .any(|s| !Arc::ptr_eq(s, failed) && !tried.iter().any(|t| Arc::ptr_eq(t, s)))
 }
 
 fn body_error(flags: &BodyFlags) -> Option<ProxyError> {

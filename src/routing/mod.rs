@@ -52,10 +52,14 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Every configured server (including ones that are not up).
     pub servers: Vec<Arc<ServerState>>,
-    /// The servers the balancer chooses among, in server order.
+    /// The servers the balancer chooses among, in server order: healthy,
+    /// and neither drained nor disabled by an operator.
     pub up: Vec<Arc<ServerState>>,
     pub balancer: Balancer,
-    /// Cookie affinity over `up`, when configured.
+    /// The servers a sticky cookie may still name: `up` plus healthy
+    /// draining ones (a drain keeps its sticky clients).
+    pub sticky_servers: Vec<Arc<ServerState>>,
+    /// Cookie affinity over `sticky_servers`, when configured.
     pub sticky: Option<Sticky>,
     pub retries_total: IntCounter,
     pub retry_budget: Arc<RetryBudget>,
@@ -69,15 +73,26 @@ impl Upstream {
         retries_total: IntCounter,
         retry_budget: Arc<RetryBudget>,
     ) -> Upstream {
-        let up_idx: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].is_up()).collect();
+        let up_idx: Vec<usize> = (0..servers.len())
+            .filter(|i| servers[*i].is_pickable())
+            .collect();
         let up: Vec<Arc<ServerState>> = up_idx.iter().map(|i| servers[*i].clone()).collect();
+        let sticky_servers: Vec<Arc<ServerState>> = match config.sticky {
+            Some(_) => servers
+                .iter()
+                .filter(|s| s.takes_sticky())
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         Upstream {
             name: Arc::from(config.name.as_str()),
             balancer: Balancer::build(config, &servers, &up_idx),
             sticky: config
                 .sticky
                 .as_ref()
-                .map(|c| Sticky::new(c, &config.name, &up)),
+                .map(|c| Sticky::new(c, &config.name, &sticky_servers)),
+            sticky_servers,
             config: config.clone(),
             servers,
             up,
@@ -86,13 +101,24 @@ impl Upstream {
         }
     }
 
-    /// Whether the servers up now are the ones this balancer was built over.
+    /// Whether the servers pickable now (and those taking sticky requests)
+    /// are the ones this balancer was built over.
     fn up_unchanged(&self) -> bool {
-        let mut now_up = self.servers.iter().filter(|s| s.is_up());
-        self.up
-            .iter()
-            .all(|s| now_up.next().is_some_and(|n| Arc::ptr_eq(s, n)))
-            && now_up.next().is_none()
+        fn same<'a>(
+            built: &[Arc<ServerState>],
+            mut now: impl Iterator<Item = &'a Arc<ServerState>>,
+        ) -> bool {
+            built
+                .iter()
+                .all(|s| now.next().is_some_and(|n| Arc::ptr_eq(s, n)))
+                && now.next().is_none()
+        }
+        same(&self.up, self.servers.iter().filter(|s| s.is_pickable()))
+            && (self.sticky.is_none()
+                || same(
+                    &self.sticky_servers,
+                    self.servers.iter().filter(|s| s.takes_sticky()),
+                ))
     }
 
     /// Picks a server that is up, or `None` when none is.
@@ -113,10 +139,14 @@ impl Upstream {
         PickContext { up: &self.up, key }
     }
 
-    /// The up server a sticky cookie in `headers` names, if any.
+    /// The server a sticky cookie in `headers` names, if it takes sticky
+    /// requests (up, possibly draining, not disabled).
     #[inline]
     pub fn sticky_target(&self, headers: &http::HeaderMap) -> Option<&Arc<ServerState>> {
-        self.sticky.as_ref()?.lookup(headers).map(|i| &self.up[i])
+        self.sticky
+            .as_ref()?
+            .lookup(headers)
+            .map(|i| &self.sticky_servers[i])
     }
 
     /// The `Set-Cookie` to add to a response from `server`: none without
@@ -147,7 +177,9 @@ impl RoutingTable {
                 .iter()
                 .map(|s| {
                     let initial_up = u.health_check.as_ref().is_none_or(|h| h.initial_up);
-                    registry.server(&u.name, s.address, initial_up)
+                    let state = registry.server(&u.name, s.address, initial_up);
+                    state.set_configured_weight(s.weight);
+                    state
                 })
                 .collect();
             let upstream = Arc::new(Upstream::build(

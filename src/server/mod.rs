@@ -13,7 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -66,12 +67,127 @@ impl RunningListener {
     }
 }
 
-/// Starts the accept loop for a bound socket.
+/// What answers the requests of a listener's connections: the proxy, or
+/// the admin endpoints. Both get the same accept path (limits, timeouts,
+/// 400/431, drain).
+pub trait Handler: Clone + Unpin + Send + Sync + 'static {
+    /// Taken by value (a clone per request, an `Arc` bump) so the future
+    /// borrows nothing.
+    fn call(
+        self,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<proxy::body::ProxyBody>> + Send + 'static;
+
+    /// Accounts for a response hyper sent on its own (a request head that
+    /// did not parse: 400, 414, 431) or our 408; such a request never
+    /// reaches `call`.
+    fn unparsed(&self, _conn: &ConnInfo, _code: u16) {}
+}
+
+/// The proxy as a listener's handler. It holds nothing: the shared state
+/// comes with each connection's `ConnInfo`, so the connection task keeps
+/// one handle to it, not two.
+#[derive(Clone)]
+struct ProxyHandler;
+
+impl Handler for ProxyHandler {
+    #[inline]
+    fn call(
+        self,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<proxy::body::ProxyBody>> + Send + 'static {
+        proxy::handle(conn.shared.clone(), conn, req)
+    }
+
+    fn unparsed(&self, conn: &ConnInfo, code: u16) {
+        count_unparsed(&conn.shared, conn, code);
+    }
+}
+
+/// The counters a listener keeps about its connections.
+pub struct ConnCounters {
+    active: prometheus::IntGauge,
+    total: prometheus::IntCounter,
+    rejected_per_client: prometheus::IntCounter,
+    rejected_proxy_protocol: prometheus::IntCounter,
+    handshake_errors: prometheus::IntCounter,
+}
+
+impl ConnCounters {
+    /// The listener's series of the `fulcrum_connections_*` families.
+    fn of_listener(metrics: &crate::metrics::Metrics, name: &str) -> ConnCounters {
+        ConnCounters {
+            active: metrics.connections_active.with_label_values(&[name]),
+            total: metrics.connections_total.with_label_values(&[name]),
+            rejected_per_client: metrics
+                .connections_rejected_total
+                .with_label_values(&[name, "max_connections_per_client"]),
+            rejected_proxy_protocol: metrics
+                .connections_rejected_total
+                .with_label_values(&[name, "proxy_protocol"]),
+            handshake_errors: metrics
+                .tls_handshake_errors_total
+                .with_label_values(&[name]),
+        }
+    }
+
+    /// Counters exported nowhere (the admin listener is not a `listener`
+    /// in SPEC's metrics).
+    pub fn unexported() -> ConnCounters {
+        let c = || prometheus::IntCounter::new("unexported", "-").expect("valid");
+        ConnCounters {
+            active: prometheus::IntGauge::new("unexported", "-").expect("valid"),
+            total: c(),
+            rejected_per_client: c(),
+            rejected_proxy_protocol: c(),
+            handshake_errors: c(),
+        }
+    }
+}
+
+/// A listener's settings as of now: a reload may change them; `None` once
+/// a reload removed the listener (it keeps its last known settings).
+pub type CurrentSettings = Box<dyn Fn(&str) -> Option<Arc<ListenerConfig>> + Send + Sync>;
+
+/// Starts the accept loop of a proxy listener for a bound socket.
 pub fn spawn(
     std_listener: std::net::TcpListener,
     configured: SocketAddr,
     settings: Arc<ListenerConfig>,
     shared: Arc<Shared>,
+    drain_timeout: Arc<dyn Fn() -> Duration + Send + Sync>,
+) -> io::Result<RunningListener> {
+    let counters = ConnCounters::of_listener(&shared.registry.metrics, &settings.name);
+    let table_shared = shared.clone();
+    let current: CurrentSettings = Box::new(move |name: &str| {
+        let table = table_shared.table.load();
+        table.listener(name).map(|l| l.settings.clone())
+    });
+    spawn_with(
+        std_listener,
+        configured,
+        settings,
+        shared,
+        ProxyHandler,
+        current,
+        counters,
+        drain_timeout,
+    )
+}
+
+/// Starts an accept loop with any handler: the admin listener uses it with
+/// fixed settings.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_with<H: Handler>(
+    std_listener: std::net::TcpListener,
+    configured: SocketAddr,
+    settings: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+    handler: H,
+    current: CurrentSettings,
+    counters: ConnCounters,
     drain_timeout: Arc<dyn Fn() -> Duration + Send + Sync>,
 ) -> io::Result<RunningListener> {
     let local = std_listener.local_addr()?;
@@ -81,7 +197,12 @@ pub fn spawn(
     let task = tokio::spawn(accept_loop(
         listener,
         settings,
-        shared,
+        Site {
+            shared,
+            handler,
+            current,
+            counters,
+        },
         stop_rx,
         drain_timeout,
     ));
@@ -124,26 +245,35 @@ impl PerClient {
     }
 }
 
-async fn accept_loop(
+/// What an accept loop serves with.
+struct Site<H> {
+    shared: Arc<Shared>,
+    handler: H,
+    current: CurrentSettings,
+    counters: ConnCounters,
+}
+
+async fn accept_loop<H: Handler>(
     listener: TcpListener,
     initial: Arc<ListenerConfig>,
-    shared: Arc<Shared>,
+    site: Site<H>,
     mut stop: watch::Receiver<bool>,
     drain_timeout: Arc<dyn Fn() -> Duration + Send + Sync>,
 ) {
     let name: Arc<str> = Arc::from(initial.name.as_str());
-    let metrics = shared.registry.metrics.clone();
-    let active_gauge = metrics.connections_active.with_label_values(&[&name]);
-    let total = metrics.connections_total.with_label_values(&[&name]);
-    let rejected_per_client = metrics
-        .connections_rejected_total
-        .with_label_values(&[&name, "max_connections_per_client"]);
-    let rejected_proxy_protocol = metrics
-        .connections_rejected_total
-        .with_label_values(&[&name, "proxy_protocol"]);
-    let handshake_errors = metrics
-        .tls_handshake_errors_total
-        .with_label_values(&[&name]);
+    let Site {
+        shared,
+        handler,
+        current,
+        counters:
+            ConnCounters {
+                active: active_gauge,
+                total,
+                rejected_per_client,
+                rejected_proxy_protocol,
+                handshake_errors,
+            },
+    } = site;
     let limit = Arc::new(Semaphore::new(initial.max_connections));
     let per_client = Arc::new(PerClient::default());
     let graceful = GracefulShutdown::new();
@@ -170,16 +300,12 @@ async fn accept_loop(
         total.inc();
         // Per-request settings come from the current snapshot (they reload);
         // a listener that a reload removed keeps its last known settings.
-        let table = shared.table.load();
-        let settings = table
-            .listener(&name)
-            .map(|l| l.settings.clone())
-            .unwrap_or_else(|| initial.clone());
-        drop(table);
+        let settings = current(&name).unwrap_or_else(|| initial.clone());
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             name: name.clone(),
             shared: shared.clone(),
+            handler: handler.clone(),
             per_client: per_client.clone(),
             rejected_per_client: rejected_per_client.clone(),
             rejected_proxy_protocol: rejected_proxy_protocol.clone(),
@@ -204,9 +330,10 @@ async fn accept_loop(
 }
 
 /// One accepted connection and the listener's handles it needs.
-struct Conn {
+struct Conn<H> {
     name: Arc<str>,
     shared: Arc<Shared>,
+    handler: H,
     per_client: Arc<PerClient>,
     rejected_per_client: prometheus::IntCounter,
     rejected_proxy_protocol: prometheus::IntCounter,
@@ -241,7 +368,7 @@ impl Drop for Accepted {
     }
 }
 
-impl Conn {
+impl<H: Handler> Conn<H> {
     /// PROXY header (when configured), per-client limit, TLS, then HTTP.
     /// An async block, not an async fn: the task's state is paid by every
     /// connection for its whole life, and an async fn keeps a second copy
@@ -305,7 +432,7 @@ impl Conn {
             // changes them for new connections only.
             let tls_config = settings.tls.as_ref().map(|t| t.server.clone());
             let info = Arc::new(ConnInfo {
-                shared: self.shared.clone(),
+                shared: self.shared,
                 listener: self.name.clone(),
                 client_ip,
                 client_ip_value: HeaderValue::from_str(&client_ip.to_string())
@@ -315,6 +442,7 @@ impl Conn {
                 drain: std::sync::Mutex::new(Some(self.drain)),
             });
             let serving = Serving {
+                handler: self.handler,
                 info,
                 watcher: self.watcher,
                 stop: self.stop,
@@ -354,11 +482,11 @@ impl Conn {
 /// TLS handshake, then HTTP by ALPN. The handshake runs in the connection's
 /// task, bounded by header_read_timeout, so a slow client never stalls
 /// accept().
-async fn serve_tls(
+async fn serve_tls<H: Handler>(
     cfg: Arc<rustls::ServerConfig>,
     stream: PrefixedIo<TcpStream>,
     settings: &ListenerConfig,
-    serving: Serving,
+    serving: Serving<H>,
     handshake_errors: &prometheus::IntCounter,
 ) {
     match tls::server::accept(cfg, stream, settings.header_read_timeout).await {
@@ -379,7 +507,8 @@ async fn serve_tls(
 }
 
 /// What serving one connection needs besides its stream and settings.
-struct Serving {
+struct Serving<H> {
+    handler: H,
     info: Arc<ConnInfo>,
     /// Keeps the listener's drain waiting for this connection.
     watcher: Watcher,
@@ -467,16 +596,17 @@ macro_rules! http2_settings {
 /// connection. `TimedIo` wraps the plain-text stream, so its 408 is written
 /// through TLS like any other response.
 #[allow(clippy::manual_async_fn)] // on purpose, see inside
-fn serve<S>(
+fn serve<S, H: Handler>(
     stream: S,
     proto: Proto,
     settings: &ListenerConfig,
-    serving: Serving,
+    serving: Serving<H>,
 ) -> impl Future<Output = ()> + Send + '_
 where
     S: AsyncRead + AsyncWrite + ParkSocket + Unpin + Send + 'static,
 {
     let Serving {
+        handler,
         info,
         watcher,
         mut stop,
@@ -495,9 +625,9 @@ where
             park,
         ));
         // Kept for counting what hyper answers itself (a parse error).
-        let conn_info = info.clone();
+        let (conn_handler, conn_info) = (handler.clone(), info.clone());
         let svc = service_fn(move |req| {
-            let fut = proxy::handle(info.shared.clone(), info.clone(), req);
+            let fut = handler.clone().call(info.clone(), req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let result = match proto {
@@ -527,7 +657,7 @@ where
             result.as_ref().err().and_then(|e| automatic_status(&**e))
         };
         if let Some(code) = status {
-            count_unparsed(&conn_info.shared, &conn_info, code);
+            conn_handler.unparsed(&conn_info, code);
         }
         if let Err(e) = result {
             tracing::trace!(error = %e, "client connection ended with error");
@@ -704,6 +834,7 @@ mod tests {
         let conn = Conn {
             name: "web".into(),
             shared,
+            handler: ProxyHandler,
             per_client: Arc::new(PerClient(Mutex::default())),
             rejected_per_client: counter(),
             rejected_proxy_protocol: counter(),
