@@ -4,6 +4,7 @@
 //! then `validate` → `Config`, which collects every error it finds, each naming
 //! the file, line, column and key.
 
+mod acme;
 mod health;
 mod raw;
 pub mod resolve;
@@ -15,6 +16,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use acme::{AcmeChallenge, AcmeConfig};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Findings that don't stop the config (`file:line:column: key: message`).
     pub warnings: Vec<String>,
+    /// `[acme]`: automatic certificates.
+    pub acme: Option<AcmeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +79,12 @@ pub struct ListenerTls {
     pub server: Arc<rustls::ServerConfig>,
     /// The certificate and key files, in config order.
     pub files: Vec<PathBuf>,
+    /// The loaded `certificates`, first is the default (may be empty when
+    /// `acme` is not).
+    pub keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+    pub min_version: crate::server::tls::MinVersion,
+    /// `acme`: names of one ACME-managed certificate (lower case).
+    pub acme: Vec<String>,
 }
 
 /// How Fulcrum talks to an upstream's servers.

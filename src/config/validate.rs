@@ -254,6 +254,10 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
         ctx.error(0..0, "route", "at least one [[route]] is required");
     }
 
+    let acme = super::acme::validate_acme(ctx, path, raw.acme.as_ref());
+    let acme_present = raw.acme.is_some();
+    super::acme::check_listeners(ctx, acme.as_ref(), &raw.listeners, &listeners, acme_present);
+
     Config {
         path: path.to_path_buf(),
         admin,
@@ -262,6 +266,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
         routes,
         upstreams,
         warnings: Vec::new(),
+        acme,
     }
 }
 
@@ -375,7 +380,7 @@ fn validate_listener(ctx: &mut Ctx<'_>, path: &Path, i: usize, l: &RawListener) 
 }
 
 /// A path from the config file, relative to the file's directory.
-fn config_relative(config: &Path, p: &str) -> std::path::PathBuf {
+pub(super) fn config_relative(config: &Path, p: &str) -> std::path::PathBuf {
     let p = Path::new(p.trim());
     if p.is_absolute() {
         return p.to_path_buf();
@@ -408,19 +413,32 @@ fn validate_listener_tls(
             }
         },
     };
-    if t.certificates.get_ref().is_empty() {
-        let s = if t.certificates.span().is_empty() {
-            span
-        } else {
-            t.certificates.span()
+    let acme = match &t.acme {
+        Some(names) => super::acme::validate_names(ctx, i, names),
+        None => Vec::new(),
+    };
+    let certificates = t.certificates.as_ref();
+    if certificates.is_none_or(|c| c.get_ref().is_empty()) && t.acme.is_none() {
+        let s = match certificates {
+            Some(c) if !c.span().is_empty() => c.span(),
+            _ => span,
         };
-        ctx.error(s, k("certificates"), "at least one certificate is required");
+        ctx.error(
+            s,
+            k("certificates"),
+            "at least one certificate is required (or `acme` names)",
+        );
         return None;
     }
     let mut keys = Vec::new();
     let mut files = Vec::new();
     let mut ok = true;
-    for (j, c) in t.certificates.get_ref().iter().enumerate() {
+    for (j, c) in certificates
+        .map(|c| c.get_ref().as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let span = c.span();
         let c = c.get_ref();
         let cert = config_relative(path, c.cert.get_ref());
@@ -436,8 +454,11 @@ fn validate_listener_tls(
         files.push(key);
     }
     ok.then(|| ListenerTls {
-        server: server_config(keys, min),
+        server: server_config(keys.clone(), min, None),
         files,
+        keys,
+        min_version: min,
+        acme,
     })
 }
 
