@@ -65,6 +65,7 @@ pub struct AppState {
     /// read the file earlier can never publish after one that read it later.
     reloading: tokio::sync::Mutex<()>,
     checks: ActiveChecks,
+    acme: Arc<crate::acme::Acme>,
 }
 
 impl AppState {
@@ -122,6 +123,10 @@ pub async fn run_with(
     let signals = Signals::install().map_err(AppError::Signals)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(metrics.clone());
+    let acme_store = Arc::new(crate::acme::Store::default());
+    let acme = crate::acme::Acme::new(acme_store.clone(), metrics.clone());
+    let mut config = config;
+    acme.attach(&mut config);
     let config = Arc::new(config);
 
     // Bind everything first: nothing starts unless every address is ours.
@@ -147,6 +152,7 @@ pub async fn run_with(
         table: ArcSwap::from_pointee(table),
         registry,
         shutting_down: AtomicBool::new(false),
+        acme: acme_store,
     });
     let state = Arc::new(AppState {
         shared: shared.clone(),
@@ -161,6 +167,7 @@ pub async fn run_with(
         swap: tokio::sync::Mutex::new(()),
         reloading: tokio::sync::Mutex::new(()),
         checks: ActiveChecks::default(),
+        acme,
     });
     state.checks.reconcile(&shared.table.load_full());
 
@@ -190,6 +197,8 @@ pub async fn run_with(
     tokio::spawn(evict_idle_connections(shared.clone()));
     tokio::spawn(follow_health(state.clone()));
     tokio::spawn(follow_dns(state.clone()));
+    // After the listeners: http-01 and tls-alpn-01 are answered from the start.
+    state.acme.reconcile(&config);
     if options.watch {
         crate::watch::spawn(state.clone());
     }
@@ -306,13 +315,14 @@ pub async fn reload(state: &Arc<AppState>) {
 
 async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     let path = state.config_path.clone();
-    let config = tokio::task::spawn_blocking(move || Config::load(&path))
+    let mut config = tokio::task::spawn_blocking(move || Config::load(&path))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     for w in &config.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
+    state.acme.attach(&mut config);
     let old = state.current();
     if config.admin.listen != old.admin.listen {
         tracing::warn!(old = %old.admin.listen, new = %config.admin.listen, "admin.listen changes only on restart");
@@ -374,12 +384,14 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
         tracing::info!(listener = %r.name, addr = %r.local, "listening");
         running.push(r);
     }
+    state.acme.reconcile(&config);
     Ok(generation)
 }
 
 async fn shutdown(state: &Arc<AppState>) {
     state.shared.shutting_down.store(true, Ordering::Relaxed);
     state.checks.stop_all();
+    state.acme.stop_all();
     let timeout = state.current().global.shutdown_timeout;
     let running: Vec<_> = state.listeners.lock().await.drain(..).collect();
     for r in &running {

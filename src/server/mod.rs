@@ -363,6 +363,8 @@ async fn serve_tls(
     match tls::accept(cfg, stream, settings.header_read_timeout).await {
         Ok(stream) => {
             let proto = match stream.get_ref().1.alpn_protocol() {
+                // A tls-alpn-01 validation ends with the handshake.
+                Some(tls::ACME_TLS_ALPN) => return,
                 Some(b"h2") => Proto::H2,
                 Some(b"http/1.1") => Proto::H1,
                 _ => Proto::Detect,
@@ -498,8 +500,17 @@ where
         // Kept for counting what hyper answers itself (a parse error).
         let (conn_shared, conn_info) = (shared.clone(), info.clone());
         let svc = service_fn(move |req| {
-            let fut = proxy::handle(shared.clone(), info.clone(), req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            // ACME http-01 comes before routing, on plain listeners only.
+            let fut = match (!info.tls).then(|| acme_http01(&shared, &req)).flatten() {
+                Some(answer) => Err(answer),
+                None => Ok(proxy::handle(shared.clone(), info.clone(), req)),
+            };
+            async move {
+                Ok::<_, Infallible>(match fut {
+                    Ok(f) => f.await,
+                    Err(answer) => answer,
+                })
+            }
         });
         let result = match proto {
             Proto::H1 => {
@@ -572,6 +583,24 @@ fn count_unparsed(shared: &proxy::Shared, info: &proxy::ConnInfo, code: u16) {
             ));
         }
     }
+}
+
+/// The answer to a pending ACME http-01 challenge, when `req` asks for one.
+fn acme_http01(
+    shared: &proxy::Shared,
+    req: &http::Request<hyper::body::Incoming>,
+) -> Option<http::Response<proxy::body::ProxyBody>> {
+    let token = req.uri().path().strip_prefix(crate::acme::HTTP01_PREFIX)?;
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return None;
+    }
+    let key_authorization = shared.acme.http01(token)?;
+    let mut resp = http::Response::new(proxy::body::ProxyBody::full(key_authorization));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
 }
 
 /// A stream a parked connection can wait on without hyper: the TCP socket
