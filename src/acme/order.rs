@@ -37,7 +37,7 @@ pub enum OrderError {
         #[source]
         source: instant_acme::Error,
     },
-    #[error("the CA refused: {0}")]
+    #[error("the CA says: {0}")]
     Ca(#[source] instant_acme::Error),
     #[error("the CA did not offer the {challenge} challenge for {name}")]
     NoChallenge {
