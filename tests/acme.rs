@@ -553,3 +553,36 @@ async fn a_challenge_the_ca_cannot_reach_fails_with_the_cas_words() {
     );
     still_serving(&f).await;
 }
+
+#[tokio::test]
+async fn an_account_the_ca_forgot_is_replaced() {
+    let backend = Backend::named("app").await;
+    let (http_port, tls_port) = (free_port(), free_port());
+    let setup = PebbleSetup::new(http_port, tls_port);
+    let storage = temp_dir().join("acme");
+    let toml = fulcrum_toml(
+        &setup.acme_toml("http-01", &storage),
+        Some(http_port),
+        tls_port,
+        &["forgot.example.com"],
+        &backend.addr.to_string(),
+    );
+    let pebble = setup.start();
+    let f = Fulcrum::start(&toml);
+    wait_orders(&f, "success", 1.0).await;
+    assert_eq!(f.terminate(), Some(0));
+    // A restarted pebble remembers nothing; without the certificate files
+    // the next start must order with the stored account.
+    drop(pebble);
+    let ca_dir = storage.join(format!("127.0.0.1_{}", setup.acme_port));
+    std::fs::remove_file(ca_dir.join("forgot.example.com.crt.pem")).unwrap();
+    let pebble = setup.start();
+    let f = Fulcrum::start(&toml);
+    let line = wait_for_log(&f, "ACME: order failed").await;
+    assert!(line.contains("accountDoesNotExist"), "{line}");
+    wait_for_log(&f, "a new one is made on the next attempt").await;
+    wait_orders(&f, "success", 1.0).await;
+    assert!(ca_dir.join("account.json").exists());
+    assert!(ca_dir.join("account.json.unknown").exists());
+    handshake(&f, "forgot.example.com", &pebble.root().await).await;
+}

@@ -204,7 +204,15 @@ impl Acme {
         names: &[String],
     ) -> Result<storage::Issued, OrderError> {
         let account = self.account(cfg).await?;
-        let got = order::issue(&account, cfg, &self.store, names).await?;
+        let got = match order::issue(&account, cfg, &self.store, names).await {
+            Ok(got) => got,
+            Err(e) => {
+                if e.account_unknown() {
+                    self.forget_account(cfg).await;
+                }
+                return Err(e);
+            }
+        };
         let issued = storage::parse(got.chain_pem.as_bytes(), got.key_pem.as_bytes(), names)
             .map_err(OrderError::Certificate)?;
         let dir = storage::ca_dir(&cfg.storage, &cfg.directory);
@@ -228,6 +236,24 @@ impl Acme {
         let account = order::account(cfg).await?;
         *cached = Some((cfg.clone(), account.clone()));
         Ok(account)
+    }
+
+    /// The CA no longer knows our account (a test CA restarted, an account
+    /// deactivated elsewhere): the file is set aside, so the next attempt
+    /// creates a new account instead of failing forever.
+    async fn forget_account(&self, cfg: &AcmeConfig) {
+        let mut cached = self.account.lock().await;
+        *cached = None;
+        let path = storage::account_path(&storage::ca_dir(&cfg.storage, &cfg.directory));
+        let aside = path.with_extension("json.unknown");
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => {
+                tracing::warn!(file = %path.display(), moved_to = %aside.display(), "ACME: the CA does not know this account; a new one is made on the next attempt")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "ACME: cannot set aside the account the CA does not know")
+            }
+        }
     }
 
     fn serve(&self, names: &[String], c: &storage::Issued) {

@@ -54,6 +54,18 @@ pub enum OrderError {
     Timeout(Duration),
 }
 
+impl OrderError {
+    /// The CA says the account does not exist (RFC 8555 §7.3.1).
+    pub fn account_unknown(&self) -> bool {
+        match self {
+            OrderError::Ca(instant_acme::Error::Api(p)) => {
+                p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Polling of the order and of the certificate: the CA validates in the
 /// background; this is how long we wait for it.
 const POLL: RetryPolicy = RetryPolicy::new()
