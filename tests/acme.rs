@@ -155,6 +155,47 @@ async fn http01_issues_one_certificate_for_two_names() {
     let acme = &status["acme"][0];
     assert_eq!(acme["names"][1], "two.example.com", "{status}");
     assert!(acme["expires_unix"].as_f64().unwrap() > now);
+    let page = get(f.admin, "/status").await.text();
+    assert!(page.contains("certificates (ACME)"), "{page}");
+    assert!(
+        page.contains("<td>one.example.com, two.example.com</td><td>in "),
+        "{page}"
+    );
+}
+
+#[test]
+fn check_rejects_bad_acme_settings() {
+    let dir = temp_dir();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        fulcrum_toml(
+            "[acme]\ndirectory = \"http://ca.example/dir\"\nchallenge = \"dns-01\"\n",
+            Some(0),
+            0,
+            &["*.example.com"],
+            "127.0.0.1:1",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "acme.directory: \"http://ca.example/dir\" must be an https:// URL",
+        "acme.challenge: unknown challenge \"dns-01\"",
+        "listener[1].tls.acme[0]: \"*.example.com\": wildcard names need the dns-01 challenge",
+    ] {
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
 }
 
 /// Waits until Fulcrum's log holds `needle`; returns that line.

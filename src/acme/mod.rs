@@ -108,7 +108,11 @@ impl Acme {
                     .acme_certificate_expiry
                     .remove_label_values(&[&t.names[0]]);
             }
-            tracing::info!(names = %t.names.join(","), "ACME certificate no longer configured: not renewed");
+            if wanted.contains(&t.names) {
+                tracing::info!(names = %t.names.join(","), "ACME: [acme] changed; restarting this certificate's task");
+            } else {
+                tracing::info!(names = %t.names.join(","), "ACME: certificate no longer configured; not served or renewed");
+            }
         }
         let Some(cfg) = config.acme.as_ref() else {
             return;
