@@ -627,3 +627,52 @@ async fn an_account_the_ca_forgot_is_replaced() {
     assert!(ca_dir.join("account.json.unknown").exists());
     handshake(&f, "forgot.example.com", &pebble.root().await).await;
 }
+
+#[tokio::test]
+async fn until_issued_the_first_configured_certificate_is_served() {
+    let backend = Backend::named("app").await;
+    let dir = temp_dir();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["static.example.com"]);
+    write_leaf(&dir, "static", &leaf);
+    // The CA is unreachable: the ACME name never gets its own certificate.
+    let acme = format!(
+        "[acme]\ndirectory = \"https://{}/dir\"\nstorage = \"{}\"\n",
+        closed_addr(),
+        dir.join("acme").display()
+    );
+    let toml = fulcrum_toml(
+        &acme,
+        Some(free_port()),
+        free_port(),
+        &["pending.example.com"],
+        &backend.addr.to_string(),
+    )
+    .replace(
+        "[listener.tls]\n",
+        &format!(
+            "[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            dir.join("static.pem").display(),
+            dir.join("static.key").display()
+        ),
+    );
+    let f = Fulcrum::start(&toml);
+    wait_orders(&f, "failure", 1.0).await;
+    let any = insecure_client_config(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let tls = tls_connect(f.addr("websecure"), "pending.example.com", any)
+        .await
+        .unwrap();
+    assert_eq!(
+        peer_cert(&tls),
+        leaf.der,
+        "the first configured certificate"
+    );
+    assert_eq!(
+        Client::over(tls)
+            .await
+            .get("/", "pending.example.com")
+            .await
+            .text(),
+        "app"
+    );
+}
