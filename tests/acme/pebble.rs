@@ -6,8 +6,8 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
@@ -16,12 +16,22 @@ use crate::common::{temp_dir, Client, TestCa};
 
 /// A free loopback TCP port (bound, then released for the process that
 /// needs it: pebble's validation ports must be known before it starts).
+/// Never the same port twice in this test binary, so parallel tests cannot
+/// be handed one port between its release and its use.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Everything decided before pebble runs: its ports and the throw-away
@@ -81,13 +91,14 @@ impl PebbleSetup {
     pub fn start(&self) -> Pebble {
         let dns_port = free_port();
         let dns_mgmt = free_port();
+        let dns_log = std::fs::File::create(self.dir.join("challtestsrv.log")).unwrap();
         let dns = Command::new("pebble-challtestsrv")
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(dns_log.try_clone().unwrap())
+            .stderr(dns_log)
             .spawn()
             .expect("pebble-challtestsrv (apt install pebble)");
         let mut config = serde_json::json!({
@@ -128,21 +139,9 @@ impl PebbleSetup {
             .expect("pebble (apt install pebble)");
         guard.pebble = Some(pebble);
         for port in [dns_mgmt, self.acme_port, self.management_port] {
-            wait_port(port, &guard);
+            guard.wait_port(port);
         }
         guard
-    }
-}
-
-fn wait_port(port: u16, p: &Pebble) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "port {port} never opened; pebble log:\n{}",
-            p.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -157,7 +156,31 @@ pub struct Pebble {
 
 impl Pebble {
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let dns = self.log.with_file_name("challtestsrv.log");
+        format!(
+            "pebble:\n{}\nchalltestsrv:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(dns).unwrap_or_default()
+        )
+    }
+
+    /// Waits for `port` to accept; fails at once if either process exited
+    /// (a port taken by someone else, say), with both logs.
+    fn wait_port(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = self.dns.try_wait().unwrap().is_some()
+                || self
+                    .pebble
+                    .as_mut()
+                    .is_some_and(|p| p.try_wait().unwrap().is_some());
+            assert!(
+                !exited && Instant::now() < deadline,
+                "port {port} never opened (exited: {exited}); logs:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Pebble's root certificate (regenerated at each start), from its
