@@ -69,6 +69,10 @@ pub async fn run_with(
     let signals = Signals::install().map_err(AppError::Signals)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(metrics.clone());
+    let acme_store = Arc::new(crate::acme::Store::default());
+    let acme = crate::acme::Acme::new(acme_store.clone(), metrics.clone());
+    let mut config = config;
+    acme.attach(&mut config);
     let config = Arc::new(config);
 
     // Bind everything first: nothing starts unless every address is ours.
@@ -109,6 +113,7 @@ pub async fn run_with(
         table: ArcSwap::from_pointee(table),
         registry,
         shutting_down: AtomicBool::new(false),
+        acme: acme_store,
     });
     let state = Arc::new(AppState {
         shared: shared.clone(),
@@ -124,6 +129,7 @@ pub async fn run_with(
         reloading: tokio::sync::Mutex::new(()),
         checks: ActiveChecks::default(),
         admin: tokio::sync::Mutex::new(None),
+        acme,
     });
     state.checks.reconcile(&shared.table.load_full());
 
@@ -162,6 +168,8 @@ pub async fn run_with(
     tokio::spawn(evict_idle_connections(shared.clone()));
     tokio::spawn(follow_health(state.clone()));
     tokio::spawn(follow_dns(state.clone()));
+    // After the listeners: http-01 and tls-alpn-01 are answered from the start.
+    state.acme.reconcile(&config);
     if options.watch {
         crate::watch::spawn(state.clone());
     }
@@ -233,6 +241,7 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(5);
 async fn shutdown(state: &Arc<AppState>) {
     state.shared.shutting_down.store(true, Ordering::Relaxed);
     state.checks.stop_all();
+    state.acme.stop_all();
     let timeout = state.current().global.shutdown_timeout;
     let running: Vec<_> = state.listeners.lock().await.drain(..).collect();
     for r in &running {

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -47,6 +47,10 @@ pub struct Metrics {
     /// The weight strategies use: the runtime override or the configured one.
     pub upstream_server_weight: IntGaugeVec,
     pub admin_requests_total: IntCounterVec,
+    /// ACME: expiry of each managed certificate, by its first name.
+    pub acme_certificate_expiry: GaugeVec,
+    /// ACME: finished orders, by result.
+    pub acme_orders_total: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -227,6 +231,24 @@ impl Metrics {
                 "Admin API requests, by action and result.",
                 &["action", "result"],
             ),
+            acme_certificate_expiry: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "fulcrum_acme_certificate_expiry_timestamp_seconds",
+                        "Unix time when an ACME certificate expires, by its first name.",
+                    ),
+                    &["name"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            acme_orders_total: counter(
+                &r,
+                "fulcrum_acme_orders_total",
+                "ACME certificate orders, by result.",
+                &["result"],
+            ),
             registry: r,
         };
         m.build_info
@@ -236,6 +258,7 @@ impl Metrics {
         // Both results exist from the start, so increase() works on the first reload.
         for result in ["success", "failure"] {
             m.config_reloads_total.with_label_values(&[result]);
+            m.acme_orders_total.with_label_values(&[result]);
         }
         m
     }
@@ -652,6 +675,12 @@ mod tests {
             "counter",
             &["action", "result"],
         ),
+        (
+            "fulcrum_acme_certificate_expiry_timestamp_seconds",
+            "gauge",
+            &["name"],
+        ),
+        ("fulcrum_acme_orders_total", "counter", &["result"]),
     ];
 
     #[test]
@@ -669,6 +698,9 @@ mod tests {
         m.tls_handshake_errors_total.with_label_values(&["web"]);
         m.retries_total.with_label_values(&["api"]);
         m.admin_requests_total.with_label_values(&["drain", "ok"]);
+        m.acme_certificate_expiry
+            .with_label_values(&["example.com"])
+            .set(1.0);
         _route.requests.inc(200);
         let text = String::from_utf8(m.render()).unwrap();
         for (name, kind, labels) in SPEC {

@@ -34,6 +34,7 @@ pub struct AppState {
     /// read the file earlier can never publish after one that read it later.
     pub(crate) reloading: tokio::sync::Mutex<()>,
     pub(crate) checks: ActiveChecks,
+    pub(crate) acme: Arc<crate::acme::Acme>,
     /// The admin listener, drained last at shutdown.
     pub(crate) admin: tokio::sync::Mutex<Option<RunningListener>>,
 }
@@ -150,13 +151,14 @@ pub async fn reload(state: &Arc<AppState>) {
 
 async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
     let path = state.config_path.clone();
-    let config = tokio::task::spawn_blocking(move || Config::load(&path))
+    let mut config = tokio::task::spawn_blocking(move || Config::load(&path))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     for w in &config.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
+    state.acme.attach(&mut config);
     let old = state.current();
     if config.admin.listen != old.admin.listen {
         tracing::warn!(old = %old.admin.listen, new = %config.admin.listen, "admin.listen changes only on restart");
@@ -220,5 +222,6 @@ async fn try_reload(state: &Arc<AppState>) -> Result<u64, String> {
         tracing::info!(listener = %r.name, addr = %r.local, "listening");
         running.push(r);
     }
+    state.acme.reconcile(&config);
     Ok(generation)
 }

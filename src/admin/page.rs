@@ -150,6 +150,7 @@ pub(super) fn render(s: &Status, shutting_down: bool) -> String {
     h.push_str("<div class=grid>");
     listeners(&mut h, s);
     routes(&mut h, s);
+    acme(&mut h, s);
     h.push_str("</div></main>");
     let _ = write!(
         h,
@@ -304,6 +305,31 @@ fn listeners(h: &mut String, s: &Status) {
     h.push_str("</table></section>");
 }
 
+/// ACME certificates: names, expiry, the last order's error.
+fn acme(h: &mut String, s: &Status) {
+    if s.acme.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<section id=acme><h2>certificates (ACME)</h2><table>\
+         <tr><th>names</th><th>expires</th><th>last error</th></tr>",
+    );
+    for c in &s.acme {
+        let expires = match c.expires_unix {
+            Some(t) => format!("in {:.1} days", (t - crate::clock::unix_now()) / 86400.0),
+            None => "no certificate yet".to_string(),
+        };
+        let _ = write!(
+            h,
+            "<tr class=acme><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&c.names.join(", ")),
+            expires,
+            esc(c.last_error.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table></section>");
+}
+
 fn routes(h: &mut String, s: &Status) {
     h.push_str(
         "<section id=routes><h2>routes <span class=sub>first match wins</span></h2><table>\
@@ -387,6 +413,7 @@ mod tests {
                 path_prefix: "/".into(),
                 upstream: "api".into(),
             }],
+            acme: Vec::new(),
             upstreams: vec![UpstreamStatus {
                 name: "api".into(),
                 strategy: "round-robin".into(),

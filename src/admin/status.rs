@@ -182,6 +182,8 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub routes: Vec<RouteStatus>,
     pub upstreams: Vec<UpstreamStatus>,
+    /// ACME-managed certificates (0.2).
+    pub acme: Vec<crate::acme::CertStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -516,6 +518,7 @@ pub fn build(
         listeners,
         routes,
         upstreams,
+        acme: state.shared.acme.statuses(),
     }
 }
 

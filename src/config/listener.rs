@@ -121,19 +121,32 @@ pub(super) fn validate_listener_tls(
             }
         },
     };
-    if t.certificates.get_ref().is_empty() {
-        let s = if t.certificates.span().is_empty() {
-            span
-        } else {
-            t.certificates.span()
+    let acme = match &t.acme {
+        Some(names) => super::acme::validate_names(ctx, i, names),
+        None => Vec::new(),
+    };
+    let certificates = t.certificates.as_ref();
+    if certificates.is_none_or(|c| c.get_ref().is_empty()) && t.acme.is_none() {
+        let s = match certificates {
+            Some(c) if !c.span().is_empty() => c.span(),
+            _ => span,
         };
-        ctx.error(s, k("certificates"), "at least one certificate is required");
+        ctx.error(
+            s,
+            k("certificates"),
+            "at least one certificate is required (or `acme` names)",
+        );
         return None;
     }
     let mut keys = Vec::new();
     let mut files = Vec::new();
     let mut ok = true;
-    for (j, c) in t.certificates.get_ref().iter().enumerate() {
+    for (j, c) in certificates
+        .map(|c| c.get_ref().as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let span = c.span();
         let c = c.get_ref();
         let cert = config_relative(path, c.cert.get_ref());
@@ -149,8 +162,11 @@ pub(super) fn validate_listener_tls(
         files.push(key);
     }
     ok.then(|| ListenerTls {
-        server: server_config(keys, min),
+        server: server_config(keys.clone(), min, None),
         files,
+        keys,
+        min_version: min,
+        acme,
     })
 }
 

@@ -4,6 +4,7 @@
 //! then `validate` → `Config`, which collects every error it finds, each naming
 //! the file, line, column and key.
 
+mod acme;
 mod admin;
 mod ctx;
 mod health;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use acme::{AcmeChallenge, AcmeConfig};
 pub use admin::{AdminToken, MIN_TOKEN_BYTES};
 
 /// The whole validated configuration.
@@ -37,6 +39,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Findings that don't stop the config (`file:line:column: key: message`).
     pub warnings: Vec<String>,
+    /// `[acme]`: automatic certificates.
+    pub acme: Option<AcmeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +93,12 @@ pub struct ListenerTls {
     pub server: Arc<rustls::ServerConfig>,
     /// The certificate and key files, in config order.
     pub files: Vec<PathBuf>,
+    /// The loaded `certificates`, first is the default (may be empty when
+    /// `acme` is not).
+    pub keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+    pub min_version: crate::tls::server::MinVersion,
+    /// `acme`: names of one ACME-managed certificate (lower case).
+    pub acme: Vec<String>,
 }
 
 /// How Fulcrum talks to an upstream's servers.

@@ -23,6 +23,7 @@ pub(crate) struct RawConfig {
     pub(crate) routes: Vec<Spanned<RawRoute>>,
     #[serde(default, rename = "upstream")]
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    pub(crate) acme: Option<Spanned<super::acme::RawAcme>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,8 +71,10 @@ pub(crate) struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListenerTls {
-    pub(crate) certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub(crate) certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
     pub(crate) min_version: Option<S>,
+    /// ACME names (one certificate), see `super::acme`.
+    pub(crate) acme: Option<Spanned<Vec<S>>>,
 }
 
 #[derive(Debug, Deserialize)]

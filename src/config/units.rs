@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` (and `"0s"`). A unit is required so
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"30d"` (and `"0s"`). A unit is required so
 /// that `"30"` can never silently mean 30 ms or 30 minutes.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("duration \"{s}\" needs a unit: ms, s, m or h (e.g. \"5s\")"))?;
+        .ok_or_else(|| format!("duration \"{s}\" needs a unit: ms, s, m, h or d (e.g. \"5s\")"))?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
         return Err(format!("duration \"{s}\" must start with a number"));
@@ -21,9 +21,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         _ => {
             return Err(format!(
-                "duration \"{s}\" has unknown unit \"{unit}\": use ms, s, m or h"
+                "duration \"{s}\" has unknown unit \"{unit}\": use ms, s, m, h or d"
             ))
         }
     };
@@ -72,7 +73,11 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("30").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
+        assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").is_err());
     }
 

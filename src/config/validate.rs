@@ -145,6 +145,10 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
         ctx.error(0..0, "route", "at least one [[route]] is required");
     }
 
+    let acme = super::acme::validate_acme(ctx, path, raw.acme.as_ref());
+    let acme_present = raw.acme.is_some();
+    super::acme::check_listeners(ctx, acme.as_ref(), &raw.listeners, &listeners, acme_present);
+
     Config {
         path: path.to_path_buf(),
         admin,
@@ -153,6 +157,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
         routes,
         upstreams,
         warnings: Vec::new(),
+        acme,
     }
 }
 

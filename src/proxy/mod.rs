@@ -42,6 +42,8 @@ pub struct Shared {
     pub table: ArcSwap<RoutingTable>,
     pub registry: Arc<Registry>,
     pub shutting_down: AtomicBool,
+    /// Pending ACME challenges and issued certificates.
+    pub acme: Arc<crate::acme::Store>,
 }
 
 /// What a request handler knows about its client connection.

@@ -98,7 +98,16 @@ impl Handler for ProxyHandler {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<proxy::body::ProxyBody>> + Send + 'static {
-        proxy::handle(conn.shared.clone(), conn, req)
+        // ACME http-01 comes before routing, on plain listeners only.
+        let answer = (!conn.tls)
+            .then(|| acme_http01(&conn.shared, &req))
+            .flatten();
+        async move {
+            match answer {
+                Some(a) => a,
+                None => proxy::handle(conn.shared.clone(), conn, req).await,
+            }
+        }
     }
 
     fn unparsed(&self, conn: &ConnInfo, code: u16) {
@@ -492,6 +501,8 @@ async fn serve_tls<H: Handler>(
     match tls::server::accept(cfg, stream, settings.header_read_timeout).await {
         Ok(stream) => {
             let proto = match stream.get_ref().1.alpn_protocol() {
+                // A tls-alpn-01 validation ends with the handshake.
+                Some(tls::server::ACME_TLS_ALPN) => return,
                 Some(b"h2") => Proto::H2,
                 Some(b"http/1.1") => Proto::H1,
                 _ => Proto::Detect,
@@ -703,6 +714,24 @@ fn count_unparsed(shared: &proxy::Shared, info: &proxy::ConnInfo, code: u16) {
     }
 }
 
+/// The answer to a pending ACME http-01 challenge, when `req` asks for one.
+fn acme_http01(
+    shared: &proxy::Shared,
+    req: &http::Request<hyper::body::Incoming>,
+) -> Option<http::Response<proxy::body::ProxyBody>> {
+    let token = req.uri().path().strip_prefix(crate::acme::HTTP01_PREFIX)?;
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return None;
+    }
+    let key_authorization = shared.acme.http01(token)?;
+    let mut resp = http::Response::new(proxy::body::ProxyBody::full(key_authorization));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
+}
+
 /// A stream a parked connection can wait on without hyper: the TCP socket
 /// when nothing sits above it that could hold bytes of its own.
 trait ParkSocket {
@@ -824,6 +853,7 @@ mod tests {
             table: arc_swap::ArcSwap::from_pointee(table),
             registry,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            acme: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

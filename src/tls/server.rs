@@ -45,33 +45,53 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     })
 }
 
+/// ALPN protocol of the tls-alpn-01 ACME challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Certificates that change while the process runs (ACME), consulted by
+/// the SNI resolver before the configured ones.
+pub trait CertSource: Send + Sync + fmt::Debug {
+    /// The managed certificate for a (lower-case) SNI name, if any.
+    fn certificate(&self, sni: &str) -> Option<Arc<CertifiedKey>>;
+    /// The tls-alpn-01 challenge certificate pending for a name, if any.
+    fn challenge(&self, sni: &str) -> Option<Arc<CertifiedKey>>;
+}
+
 /// Picks the certificate whose SANs match the client's SNI name (exact or
 /// wildcard, as webpki matches them); the first certificate otherwise.
+/// With a `CertSource`, its certificates win for their names, and a
+/// ClientHello offering `acme-tls/1` gets only a challenge certificate.
 pub struct SniResolver {
     keys: Vec<Arc<CertifiedKey>>,
+    dynamic: Option<Arc<dyn CertSource>>,
 }
 
 impl fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SniResolver({} certificates)", self.keys.len())
+        write!(
+            f,
+            "SniResolver({} certificates, dynamic: {})",
+            self.keys.len(),
+            self.dynamic.is_some()
+        )
     }
 }
 
 impl SniResolver {
-    /// `keys` must not be empty; the first is the default.
-    pub fn new(keys: Vec<Arc<CertifiedKey>>) -> SniResolver {
-        assert!(!keys.is_empty(), "a TLS listener needs a certificate");
-        SniResolver { keys }
+    /// The first of `keys` is the default; with no keys and no dynamic
+    /// certificate for the name, the handshake fails.
+    pub fn new(keys: Vec<Arc<CertifiedKey>>, dynamic: Option<Arc<dyn CertSource>>) -> SniResolver {
+        SniResolver { keys, dynamic }
     }
 
-    /// The certificate for an SNI name (`None`: no SNI sent).
-    pub fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
-        let default = &self.keys[0];
+    /// The configured certificate for an SNI name (`None`: no SNI sent).
+    pub fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let default = self.keys.first()?;
         let Some(name) = sni.and_then(|s| ServerName::try_from(s).ok()) else {
-            return default;
+            return Some(default);
         };
         if self.keys.len() == 1 {
-            return default;
+            return Some(default);
         }
         // A handful of certificates per listener: a linear scan with webpki's
         // own name matching (parsing is zero-copy) is cheaper than the
@@ -84,13 +104,27 @@ impl SniResolver {
                     .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
                     .is_some_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
             })
-            .unwrap_or(default)
+            .or(Some(default))
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()).clone())
+        let sni = hello.server_name();
+        if let Some(dynamic) = &self.dynamic {
+            let name = sni.map(str::to_ascii_lowercase);
+            let challenge = hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+            if challenge {
+                // RFC 8737: only the challenge certificate, never a real one.
+                return dynamic.challenge(name.as_deref()?);
+            }
+            if let Some(ck) = name.as_deref().and_then(|n| dynamic.certificate(n)) {
+                return Some(ck);
+            }
+        }
+        self.pick(sni).cloned()
     }
 }
 
@@ -101,8 +135,13 @@ pub enum MinVersion {
     Tls13,
 }
 
-/// Builds a listener's rustls settings from loaded certificates.
-pub fn server_config(keys: Vec<Arc<CertifiedKey>>, min: MinVersion) -> Arc<ServerConfig> {
+/// Builds a listener's rustls settings from loaded certificates and, for
+/// ACME, the certificates that arrive while running.
+pub fn server_config(
+    keys: Vec<Arc<CertifiedKey>>,
+    min: MinVersion,
+    dynamic: Option<Arc<dyn CertSource>>,
+) -> Arc<ServerConfig> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -111,8 +150,13 @@ pub fn server_config(keys: Vec<Arc<CertifiedKey>>, min: MinVersion) -> Arc<Serve
         .with_protocol_versions(versions)
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver::new(keys)));
+        .with_cert_resolver(Arc::new(SniResolver::new(keys, dynamic.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if dynamic.is_some() {
+        // Chosen only by a client that offers nothing else: the server's
+        // order wins (ignore_client_order) and this comes last.
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config.ignore_client_order = true;
     Arc::new(config)
 }
