@@ -42,6 +42,9 @@ pub struct Metrics {
     pub config_last_reload_success_timestamp_seconds: Gauge,
     pub config_generation: IntGauge,
     pub build_info: IntGaugeVec,
+    /// No labels; its one series exists only while `[cluster]` does.
+    pub cluster_up: IntGaugeVec,
+    pub cluster_errors_total: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -203,6 +206,18 @@ impl Metrics {
                 "fulcrum_build_info",
                 "Always 1; the version label says which build runs.",
                 &["version"],
+            ),
+            cluster_up: gauge(
+                &r,
+                "fulcrum_cluster_up",
+                "1 while the [cluster] Redis answers, 0 while it does not.",
+                &[],
+            ),
+            cluster_errors_total: counter(
+                &r,
+                "fulcrum_cluster_errors_total",
+                "Failed Redis calls for cluster rate limits, by kind.",
+                &["kind"],
             ),
             registry: r,
         };
@@ -409,6 +424,40 @@ impl RouteMetrics {
     }
 }
 
+/// Handles of the `[cluster]` Redis client.
+pub struct ClusterMetrics {
+    /// `fulcrum_cluster_up`.
+    pub up: IntGauge,
+    /// `fulcrum_cluster_errors_total{kind="timeout"}`: no answer in `timeout`.
+    pub timeout: IntCounter,
+    /// `kind="connection"`: connecting failed or the connection broke.
+    pub connection: IntCounter,
+    /// `kind="script"`: Redis answered with an error.
+    pub script: IntCounter,
+}
+
+impl ClusterMetrics {
+    /// Creates the series (`fulcrum_cluster_up` starts at 0, each error
+    /// kind at its running total).
+    pub fn new(m: &Metrics) -> ClusterMetrics {
+        let kind = |k: &str| m.cluster_errors_total.with_label_values(&[k]);
+        let up = m.cluster_up.with_label_values::<&str>(&[]);
+        up.set(0);
+        ClusterMetrics {
+            up,
+            timeout: kind("timeout"),
+            connection: kind("connection"),
+            script: kind("script"),
+        }
+    }
+
+    /// Removes `fulcrum_cluster_up` (the config has no `[cluster]` any more);
+    /// handles held by an old client then update nothing visible.
+    pub fn remove_up(m: &Metrics) {
+        let _ = m.cluster_up.remove_label_values::<&str>(&[]);
+    }
+}
+
 /// Error kinds for `fulcrum_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -604,6 +653,8 @@ mod tests {
         ),
         ("fulcrum_config_generation", "gauge", &[]),
         ("fulcrum_build_info", "gauge", &["version"]),
+        ("fulcrum_cluster_up", "gauge", &[]),
+        ("fulcrum_cluster_errors_total", "counter", &["kind"]),
     ];
 
     #[test]
@@ -621,6 +672,7 @@ mod tests {
         m.tls_handshake_errors_total.with_label_values(&["web"]);
         m.retries_total.with_label_values(&["api"]);
         _route.requests.inc(200);
+        let _cluster = ClusterMetrics::new(&m);
         let text = String::from_utf8(m.render()).unwrap();
         for (name, kind, labels) in SPEC {
             assert!(

@@ -4,6 +4,7 @@
 //! then `validate` → `Config`, which collects every error it finds, each naming
 //! the file, line, column and key.
 
+mod cluster;
 mod health;
 mod raw;
 pub mod resolve;
@@ -15,6 +16,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use cluster::{ClusterConfig, OnError};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Findings that don't stop the config (`file:line:column: key: message`).
     pub warnings: Vec<String>,
+    /// `[cluster]`: the Redis behind `scope = "cluster"` rate limits.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +136,8 @@ pub enum HostMatch {
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
+    /// `name`, or `route<N>` (N = its index in the file).
+    pub name: String,
     /// `None` = every listener.
     pub listeners: Option<Vec<String>>,
     pub host: Option<HostMatch>,
@@ -146,6 +153,16 @@ pub struct RouteConfig {
 pub struct RateLimit {
     pub requests_per_second: f64,
     pub burst: u32,
+    pub scope: RateScope,
+}
+
+/// Who shares a `rate_limit` budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// Each instance counts alone.
+    Instance,
+    /// Every instance with the same `[cluster]`, through Redis.
+    Cluster,
 }
 
 /// Load-balancing strategies that this build implements.

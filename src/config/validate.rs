@@ -14,8 +14,8 @@ use super::raw::{
 use super::units::{parse_duration, parse_size};
 use super::{
     AdminConfig, Cidr, Config, ConfigError, Diagnostic, GlobalConfig, HashKey, HostMatch,
-    ListenerConfig, ListenerTls, RateLimit, RouteConfig, ServerConfig, StickyConfig, Strategy,
-    UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    ListenerConfig, ListenerTls, RateLimit, RateScope, RouteConfig, ServerConfig, StickyConfig,
+    Strategy, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 use crate::server::tls::{load_certified_key, server_config, MinVersion};
 
@@ -253,6 +253,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
     if raw.routes.is_empty() && !raw.listeners.is_empty() {
         ctx.error(0..0, "route", "at least one [[route]] is required");
     }
+    let cluster = super::cluster::validate(ctx, raw.cluster.as_ref(), &raw.routes, &mut routes);
 
     Config {
         path: path.to_path_buf(),
@@ -262,6 +263,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
         routes,
         upstreams,
         warnings: Vec::new(),
+        cluster,
     }
 }
 
@@ -541,6 +543,10 @@ fn validate_route(
         .as_ref()
         .and_then(|rl| validate_rate_limit(ctx, rl, &k("rate_limit")));
     RouteConfig {
+        name: r
+            .name
+            .as_ref()
+            .map_or_else(|| format!("route{i}"), |n| n.get_ref().clone()),
         listeners,
         host,
         path_prefix,
@@ -567,11 +573,12 @@ fn validate_rate_limit(
     };
     let mut ok = true;
     for name in table.keys() {
-        if name != "requests_per_second" && name != "burst" {
+        // `scope` is checked with [cluster] (config/cluster.rs).
+        if name != "requests_per_second" && name != "burst" && name != "scope" {
             ctx.error(
                 rl.span(),
                 format!("{key}.{name}"),
-                "unknown key (expected requests_per_second, burst)",
+                "unknown key (expected requests_per_second, burst, scope)",
             );
             ok = false;
         }
@@ -611,6 +618,7 @@ fn validate_rate_limit(
         (true, Some(requests_per_second), Some(burst)) => Some(RateLimit {
             requests_per_second,
             burst,
+            scope: RateScope::Instance,
         }),
         _ => None,
     }
@@ -1063,7 +1071,8 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
             c.routes[0].rate_limit,
             Some(RateLimit {
                 requests_per_second: 100.0,
-                burst: 200
+                burst: 200,
+                scope: RateScope::Instance,
             })
         );
         let c = check(&with("{ requests_per_second = 0.5 }")).unwrap();
@@ -1071,7 +1080,8 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
             c.routes[0].rate_limit,
             Some(RateLimit {
                 requests_per_second: 0.5,
-                burst: 1
+                burst: 1,
+                scope: RateScope::Instance,
             })
         );
         let s = check(&with("{ requests_per_second = 0, burst = 0, brust = 3 }"))
