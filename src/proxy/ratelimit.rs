@@ -114,9 +114,15 @@ impl RouteLimiter {
     /// Retry-After in whole seconds (at least 1). Never fails for want of
     /// Redis: `on_error` answers then.
     pub async fn check(self: &Arc<Self>, client: IpAddr) -> Result<(), u64> {
-        let Some(c) = &self.cluster else {
-            return self.check_local(client);
-        };
+        match &self.cluster {
+            None => self.check_local(client),
+            // Boxed: the Redis call's state stays out of the request future
+            // of routes that never call Redis.
+            Some(c) => Box::pin(self.check_cluster(c, client)).await,
+        }
+    }
+
+    async fn check_cluster(self: &Arc<Self>, c: &ClusterLimit, client: IpAddr) -> Result<(), u64> {
         let on_error = c.client.on_error();
         let local = (on_error == OnError::Local).then(|| self.check_local(client));
         match c.client.take(&c.limit, client).await {
