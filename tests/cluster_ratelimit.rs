@@ -141,7 +141,9 @@ async fn two_instances_share_one_budget_and_instance_scope_gives_two() {
     cluster_up(&f2, 1.0).await;
     let (a1, a2) = (f1.addr("web"), f2.addr("web"));
 
-    // Burst: 8 requests alternating between the instances, 4 pass.
+    // Burst: 8 requests alternating between the instances, 4 pass (plus
+    // one per second the burst took: the refill, should the machine be slow;
+    // two budgets would pass 8).
     let started = Instant::now();
     let mut passed = 0;
     for i in 0..8 {
@@ -152,10 +154,13 @@ async fn two_instances_share_one_budget_and_instance_scope_gives_two() {
             s => panic!("status {s}"),
         }
     }
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(900), "burst took {took:?}");
-    assert_eq!(passed, 4, "one budget of 4 across both instances");
-    assert_eq!(b.hits(), 4);
+    let refill = |since: Instant| since.elapsed().as_secs() as usize;
+    assert!(
+        passed >= 4 && passed <= 4 + refill(started),
+        "one budget of 4 across both instances: {passed} passed in {:?}",
+        started.elapsed()
+    );
+    let first = passed;
 
     // Refill: one request per second across both; after 2 s, two more.
     tokio::time::sleep(Duration::from_millis(2050)).await;
@@ -169,7 +174,16 @@ async fn two_instances_share_one_budget_and_instance_scope_gives_two() {
             passed += 1;
         }
     }
-    assert_eq!(passed, 2, "refill at 1/s shared by both instances");
+    assert!(
+        passed >= 2 && first + passed <= 4 + refill(started),
+        "refill at 1/s shared by both instances: {first} + {passed} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        b.hits(),
+        first + passed,
+        "a refused request never reaches the server"
+    );
 
     // Another client has its own bucket.
     assert_eq!(from(a1, "203.0.113.2").await.status, 200);
@@ -182,6 +196,7 @@ async fn two_instances_share_one_budget_and_instance_scope_gives_two() {
         "{ requests_per_second = 1, burst = 4, scope = \"instance\" }",
     );
     let (g1, g2) = (Fulcrum::start(&local), Fulcrum::start(&local));
+    let started = Instant::now();
     let mut passed = 0;
     for i in 0..10 {
         let addr = if i % 2 == 0 {
@@ -193,7 +208,10 @@ async fn two_instances_share_one_budget_and_instance_scope_gives_two() {
             passed += 1;
         }
     }
-    assert_eq!(passed, 8, "two budgets of 4");
+    assert!(
+        passed >= 8 && passed <= 8 + 2 * refill(started),
+        "two budgets of 4: {passed} passed"
+    );
     let m = scrape(&g1).await;
     assert!(!m.contains("fulcrum_cluster_up"), "no [cluster], no gauge");
 }
