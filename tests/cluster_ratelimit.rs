@@ -121,6 +121,15 @@ fn cluster_table(r: &Redis, extra: &str) -> String {
     format!("[cluster]\nredis = \"{}\"\n{extra}\n", r.url())
 }
 
+/// A GET for a keep-alive `Client`, from `client` behind the trusted proxy.
+fn xff(client: &str) -> Request<BoxBody> {
+    Request::get("/")
+        .header("host", "example.test")
+        .header("x-forwarded-for", client)
+        .body(full(""))
+        .unwrap()
+}
+
 async fn from(addr: SocketAddr, client: &str) -> Reply {
     get_with(addr, "/", &[("x-forwarded-for", client)]).await
 }
@@ -426,13 +435,8 @@ async fn a_hung_redis_costs_each_request_at_most_the_timeout() {
     cluster_up(&f, 1.0).await;
     let mut c = Client::connect(f.addr("web")).await;
     let mut send = async |client: &str| {
-        let req = Request::get("/")
-            .header("host", "example.test")
-            .header("x-forwarded-for", client)
-            .body(full(""))
-            .unwrap();
         let t = Instant::now();
-        let r = collect(c.send(req).await.unwrap()).await;
+        let r = collect(c.send(xff(client)).await.unwrap()).await;
         (r.status.as_u16(), t.elapsed())
     };
     assert_eq!(send("192.0.2.50").await.0, 200);
@@ -501,12 +505,7 @@ async fn ipv6_clients_odd_route_names_and_ten_thousand_clients_stay_bounded() {
             for i in 0..2500u32 {
                 let n = t * 2500 + i;
                 let ip = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
-                let req = Request::get("/")
-                    .header("host", "example.test")
-                    .header("x-forwarded-for", ip)
-                    .body(full(""))
-                    .unwrap();
-                if collect(c.send(req).await.unwrap()).await.status == 200 {
+                if collect(c.send(xff(&ip)).await.unwrap()).await.status == 200 {
                     ok += 1;
                 }
             }
