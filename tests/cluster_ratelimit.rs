@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use http::Request;
 use redis::aio::MultiplexedConnection;
 
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// A `redis-server` child on 127.0.0.1:`port`, killed on drop.
 struct Redis {
     child: Child,
@@ -23,33 +28,66 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     /// Starts on `port` and returns once it answers PING.
     fn start_on(port: u16) -> Redis {
-        let dir = temp_dir();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let r = Redis { child, port, dir };
+        let r = Redis::spawn(port, &["--port", &port.to_string()], temp_dir());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !r.pings() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
         r
+    }
+
+    /// TLS only, with a certificate for "localhost" from `ca`; returns once
+    /// the port accepts connections (Redis binds it when ready).
+    fn start_tls(ca: &TestCa) -> Redis {
+        let port = free_port();
+        let dir = temp_dir();
+        write_leaf(&dir, "redis", &ca.leaf(&["localhost"]));
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let file = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let (cert, key, ca) = (file("redis.pem"), file("redis.key"), file("ca.pem"));
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let r = Redis::spawn(port, &args, dir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn spawn(port: u16, args: &[&str], dir: std::path::PathBuf) -> Redis {
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        Redis { child, port, dir }
     }
 
     fn pings(&self) -> bool {
@@ -542,4 +580,36 @@ async fn ipv6_clients_odd_route_names_and_ten_thousand_clients_stay_bounded() {
         async move { cmd::<i64>(&mut c, &["DBSIZE"]).await == 0 }
     })
     .await;
+}
+
+#[tokio::test]
+async fn rediss_connects_over_tls_with_the_system_trust_store() {
+    let ca = TestCa::new();
+    let redis = Redis::start_tls(&ca);
+    let b = Backend::named("ok").await;
+    let toml = cfg(
+        &b,
+        &format!(
+            "[cluster]\nredis = \"rediss://localhost:{}/0\"\non_error = \"allow\"\n",
+            redis.port
+        ),
+        "api",
+        "{ requests_per_second = 0.2, burst = 2, scope = \"cluster\" }",
+    );
+    // rustls-native-certs reads SSL_CERT_FILE: the test CA is the system's.
+    let ca_file = redis.dir.join("ca.pem");
+    let f = Fulcrum::start_with_env(&toml, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
+    cluster_up(&f, 1.0).await;
+    // on_error = "allow": a 429 can only come from Redis.
+    assert_eq!(from(f.addr("web"), "192.0.2.9").await.status, 200);
+    assert_eq!(from(f.addr("web"), "192.0.2.9").await.status, 200);
+    assert_eq!(from(f.addr("web"), "192.0.2.9").await.status, 429);
+
+    // Not trusted: no connection, and on_error answers.
+    let g = Fulcrum::start(&toml);
+    let line = g.wait_log("cannot connect to cluster Redis", Duration::from_secs(10));
+    assert!(line.contains("certificate"), "{line}");
+    assert_eq!(from(g.addr("web"), "192.0.2.9").await.status, 200);
+    let m = scrape(&g).await;
+    assert_eq!(metric(&m, "fulcrum_cluster_up", &[]), Some(0.0), "{m}");
 }
