@@ -13,6 +13,7 @@ pub mod backend;
 pub mod balance;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod conn_state;
 pub mod ctl;

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub acme_certificate_expiry: GaugeVec,
     /// ACME: finished orders, by result.
     pub acme_orders_total: IntCounterVec,
+    /// No labels; its one series exists only while `[cluster]` does.
+    pub cluster_up: IntGaugeVec,
+    pub cluster_errors_total: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -248,6 +251,18 @@ impl Metrics {
                 "fulcrum_acme_orders_total",
                 "ACME certificate orders, by result.",
                 &["result"],
+            ),
+            cluster_up: gauge(
+                &r,
+                "fulcrum_cluster_up",
+                "1 while the [cluster] Redis answers, 0 while it does not.",
+                &[],
+            ),
+            cluster_errors_total: counter(
+                &r,
+                "fulcrum_cluster_errors_total",
+                "Failed Redis calls for cluster rate limits, by kind.",
+                &["kind"],
             ),
             registry: r,
         };
@@ -452,6 +467,40 @@ impl RouteMetrics {
                 .rate_limited_total
                 .with_label_values(&[listener, upstream]),
         }
+    }
+}
+
+/// Handles of the `[cluster]` Redis client.
+pub struct ClusterMetrics {
+    /// `fulcrum_cluster_up`.
+    pub up: IntGauge,
+    /// `fulcrum_cluster_errors_total{kind="timeout"}`: no answer in `timeout`.
+    pub timeout: IntCounter,
+    /// `kind="connection"`: connecting failed or the connection broke.
+    pub connection: IntCounter,
+    /// `kind="script"`: Redis answered with an error.
+    pub script: IntCounter,
+}
+
+impl ClusterMetrics {
+    /// Creates the series (`fulcrum_cluster_up` starts at 0, each error
+    /// kind at its running total).
+    pub fn new(m: &Metrics) -> ClusterMetrics {
+        let kind = |k: &str| m.cluster_errors_total.with_label_values(&[k]);
+        let up = m.cluster_up.with_label_values::<&str>(&[]);
+        up.set(0);
+        ClusterMetrics {
+            up,
+            timeout: kind("timeout"),
+            connection: kind("connection"),
+            script: kind("script"),
+        }
+    }
+
+    /// Removes `fulcrum_cluster_up` (the config has no `[cluster]` any more);
+    /// handles held by an old client then update nothing visible.
+    pub fn remove_up(m: &Metrics) {
+        let _ = m.cluster_up.remove_label_values::<&str>(&[]);
     }
 }
 
@@ -681,6 +730,8 @@ mod tests {
             &["name"],
         ),
         ("fulcrum_acme_orders_total", "counter", &["result"]),
+        ("fulcrum_cluster_up", "gauge", &[]),
+        ("fulcrum_cluster_errors_total", "counter", &["kind"]),
     ];
 
     #[test]
@@ -702,6 +753,7 @@ mod tests {
             .with_label_values(&["example.com"])
             .set(1.0);
         _route.requests.inc(200);
+        let _cluster = ClusterMetrics::new(&m);
         let text = String::from_utf8(m.render()).unwrap();
         for (name, kind, labels) in SPEC {
             assert!(

@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex, Weak};
 pub use overrides::{AdminState, MAX_WEIGHT};
 pub use state::{Ejection, Health, Load, ServerState};
 
+use crate::cluster::ClusterClient;
+use crate::config::ClusterConfig;
 use crate::config::RateLimit;
+use crate::metrics::ClusterMetrics;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 use crate::retry_budget::RetryBudget;
@@ -82,6 +85,8 @@ struct Inner {
     budgets: HashMap<String, Weak<RetryBudget>>,
     groups: HashMap<Arc<str>, Weak<AtomicUsize>>,
     limiters: HashMap<String, Weak<RouteLimiter>>,
+    /// The `[cluster]` client of the current config (kept while it is unchanged).
+    cluster: Option<Arc<ClusterClient>>,
 }
 
 /// Identity-keyed store of long-lived state. Locked only while a snapshot is
@@ -236,17 +241,44 @@ impl Registry {
         stats
     }
 
-    /// The rate limiter of the route `identity` enforcing `limit`: the same
-    /// one (with every client's bucket) while a snapshot still holds it.
-    pub fn route_limiter(&self, identity: &str, limit: RateLimit) -> Arc<RouteLimiter> {
+    /// The `[cluster]` Redis client for `config`: the same one (and its
+    /// connection) while the config is unchanged; none without `[cluster]`.
+    pub fn cluster(&self, config: Option<&ClusterConfig>) -> Option<Arc<ClusterClient>> {
+        let mut inner = self.lock();
+        match (config, &inner.cluster) {
+            (Some(c), Some(client)) if client.config() == c => return Some(client.clone()),
+            (None, None) => return None,
+            _ => {}
+        }
+        // The old client's handles stop showing once its series is gone.
+        ClusterMetrics::remove_up(&self.metrics);
+        inner.cluster = config.map(|c| {
+            Arc::new(ClusterClient::new(
+                c.clone(),
+                ClusterMetrics::new(&self.metrics),
+            ))
+        });
+        inner.cluster.clone()
+    }
+
+    /// The rate limiter of the route `identity` (named `route`) enforcing
+    /// `limit`: the same one (with every client's bucket) while a snapshot
+    /// still holds it.
+    pub fn route_limiter(
+        &self,
+        identity: &str,
+        route: &str,
+        limit: RateLimit,
+        cluster: Option<&Arc<ClusterClient>>,
+    ) -> Arc<RouteLimiter> {
         let mut inner = self.lock();
         if let Some(l) = inner.limiters.get(identity).and_then(Weak::upgrade) {
-            if l.config == limit {
+            if l.is_for(limit, route, cluster) {
                 return l;
             }
         }
         inner.limiters.retain(|_, w| w.strong_count() > 0);
-        let l = Arc::new(RouteLimiter::new(limit));
+        let l = Arc::new(RouteLimiter::new(limit, route, cluster));
         inner
             .limiters
             .insert(identity.to_string(), Arc::downgrade(&l));

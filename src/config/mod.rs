@@ -6,6 +6,7 @@
 
 mod acme;
 mod admin;
+mod cluster;
 mod ctx;
 mod health;
 mod listener;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use acme::{AcmeChallenge, AcmeConfig};
 pub use admin::{AdminToken, MIN_TOKEN_BYTES};
+pub use cluster::{ClusterConfig, OnError};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -41,6 +43,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `[acme]`: automatic certificates.
     pub acme: Option<AcmeConfig>,
+    /// `[cluster]`: the Redis behind `scope = "cluster"` rate limits.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +160,8 @@ pub enum HostMatch {
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
+    /// `name`, or `route<N>` (N = its index in the file).
+    pub name: String,
     /// `None` = every listener.
     pub listeners: Option<Vec<String>>,
     pub host: Option<HostMatch>,
@@ -171,6 +177,16 @@ pub struct RouteConfig {
 pub struct RateLimit {
     pub requests_per_second: f64,
     pub burst: u32,
+    pub scope: RateScope,
+}
+
+/// Who shares a `rate_limit` budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// Each instance counts alone.
+    Instance,
+    /// Every instance with the same `[cluster]`, through Redis.
+    Cluster,
 }
 
 /// Load-balancing strategies that this build implements.

@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     #[serde(default, rename = "upstream")]
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     pub(crate) acme: Option<Spanned<super::acme::RawAcme>>,
+    pub(crate) cluster: Option<Spanned<super::cluster::RawCluster>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +88,7 @@ pub(crate) struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
+    pub(crate) name: Option<S>,
     pub(crate) listeners: Option<Vec<S>>,
     pub(crate) host: Option<S>,
     pub(crate) path_prefix: Option<S>,

@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::ctx::Ctx;
 use super::raw::{RawRoute, RawUpstream};
-use super::{HostMatch, RateLimit, RouteConfig};
+use super::{HostMatch, RateLimit, RateScope, RouteConfig};
 
 pub(super) fn validate_route(
     ctx: &mut Ctx<'_>,
@@ -88,6 +88,10 @@ pub(super) fn validate_route(
         .as_ref()
         .and_then(|rl| validate_rate_limit(ctx, rl, &k("rate_limit")));
     RouteConfig {
+        name: r
+            .name
+            .as_ref()
+            .map_or_else(|| format!("route{i}"), |n| n.get_ref().clone()),
         listeners,
         host,
         path_prefix,
@@ -114,11 +118,12 @@ pub(super) fn validate_rate_limit(
     };
     let mut ok = true;
     for name in table.keys() {
-        if name != "requests_per_second" && name != "burst" {
+        // `scope` is checked with [cluster] (config/cluster.rs).
+        if name != "requests_per_second" && name != "burst" && name != "scope" {
             ctx.error(
                 rl.span(),
                 format!("{key}.{name}"),
-                "unknown key (expected requests_per_second, burst)",
+                "unknown key (expected requests_per_second, burst, scope)",
             );
             ok = false;
         }
@@ -158,6 +163,7 @@ pub(super) fn validate_rate_limit(
         (true, Some(requests_per_second), Some(burst)) => Some(RateLimit {
             requests_per_second,
             burst,
+            scope: RateScope::Instance,
         }),
         _ => None,
     }

@@ -144,6 +144,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
     if raw.routes.is_empty() && !raw.listeners.is_empty() {
         ctx.error(0..0, "route", "at least one [[route]] is required");
     }
+    let cluster = super::cluster::validate(ctx, raw.cluster.as_ref(), &raw.routes, &mut routes);
 
     let acme = super::acme::validate_acme(ctx, path, raw.acme.as_ref());
     let acme_present = raw.acme.is_some();
@@ -158,6 +159,7 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
         upstreams,
         warnings: Vec::new(),
         acme,
+        cluster,
     }
 }
 
@@ -166,7 +168,7 @@ mod tests {
     use super::*;
     use crate::config::ctx::config_relative;
     use crate::config::listener::parse_cidr;
-    use crate::config::{HashKey, HostMatch, RateLimit, Strategy, UpstreamProtocol};
+    use crate::config::{HashKey, HostMatch, RateLimit, RateScope, Strategy, UpstreamProtocol};
 
     fn check(text: &str) -> Result<Config, ConfigError> {
         parse_and_validate(Path::new("t.toml"), text)
@@ -204,7 +206,8 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
             c.routes[0].rate_limit,
             Some(RateLimit {
                 requests_per_second: 100.0,
-                burst: 200
+                burst: 200,
+                scope: RateScope::Instance,
             })
         );
         let c = check(&with("{ requests_per_second = 0.5 }")).unwrap();
@@ -212,7 +215,8 @@ servers = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]
             c.routes[0].rate_limit,
             Some(RateLimit {
                 requests_per_second: 0.5,
-                burst: 1
+                burst: 1,
+                scope: RateScope::Instance,
             })
         );
         let s = check(&with("{ requests_per_second = 0, burst = 0, brust = 3 }"))

@@ -113,7 +113,7 @@ pub async fn handle(
                 Err(e) => (error_response(&e, &request_id), Some(&lt.no_route)),
                 Ok(route) => {
                     let limited = match &route.rate_limit {
-                        Some(l) => l.check(client_ip).err(),
+                        Some(l) => l.check(client_ip).await.err(),
                         None => None,
                     };
                     let r = match limited {

@@ -192,6 +192,7 @@ impl RoutingTable {
             ordered.push(upstream);
         }
 
+        let cluster = registry.cluster(config.cluster.as_ref());
         let listeners = config
             .listeners
             .iter()
@@ -211,7 +212,7 @@ impl RoutingTable {
                                     "{:?} {:?} {} {}",
                                     r.listeners, r.host, r.path_prefix, r.upstream
                                 );
-                                registry.route_limiter(&identity, limit)
+                                registry.route_limiter(&identity, &r.name, limit, cluster.as_ref())
                             }),
                             upstream,
                         })
