@@ -578,25 +578,37 @@ async fn shutdown_serves_a_request_on_a_live_h2_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_answers_http1_with_connection_close() {
-    let b = Backend::start(|req: Request<hyper::body::Incoming>| async move {
-        if req.uri().path() == "/slow" {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-        }
-        Response::new(full("done"))
-    })
-    .await;
+async fn shutdown_serves_an_http1_request_that_arrives_during_the_drain() {
+    let b = Backend::named("done").await;
     let f = Fulcrum::start(&one_route(&[&b]));
-    let addr = f.addr("web");
-    let slow = tokio::spawn(async move { Client::connect(addr).await.get("/slow", "x").await });
-    eventually(Duration::from_secs(5), "slow request in flight", || async {
-        b.hits() >= 1
-    })
+    let admin = f.admin;
+    // A live connection with half a request head: not idle, so the drain
+    // lets it finish its request.
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    wait_metric(
+        &f,
+        "fulcrum_connections_active",
+        &[("listener", "web")],
+        |v| v >= 1.0,
+    )
     .await;
     f.signal("TERM");
-    let r = slow.await.unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("connection"), Some("close"));
+    eventually(Duration::from_secs(5), "shutdown begun", || async {
+        match TcpStream::connect(admin).await {
+            Ok(_) => get(admin, "/ready").await.status == 503,
+            Err(_) => true,
+        }
+    })
+    .await;
+    // The rest of the head arrives after SIGTERM: served, then closed.
+    s.write_all(b"\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(out.starts_with("http/1.1 200"), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+    assert!(out.ends_with("done"), "{out}");
 }
 
 // 8. Expect: 100-continue reaches the server.

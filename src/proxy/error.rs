@@ -23,9 +23,6 @@ pub enum ProxyError {
     /// than a single `chunked`), answered 501 like nginx.
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
-    /// Over the route's `rate_limit`; retry after this many seconds.
-    #[error("rate limited")]
-    RateLimited(u64),
     #[error("upstream connect failed")]
     Connect(#[source] std::io::Error),
     #[error("upstream connect timed out")]
@@ -64,7 +61,6 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
@@ -87,7 +83,6 @@ impl ProxyError {
             ProxyError::BodyTimeout => "request body timeout\n",
             ProxyError::BadRequest(_) => "bad request\n",
             ProxyError::NotImplemented(_) => "not implemented\n",
-            ProxyError::RateLimited(_) => "too many requests\n",
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::Handshake(_)
@@ -114,7 +109,6 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge
             | ProxyError::Draining => true,
             ProxyError::NoRoute
-            | ProxyError::RateLimited(_)
             | ProxyError::NoHealthyUpstream
             | ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
@@ -146,7 +140,6 @@ impl ProxyError {
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
             | ProxyError::NotImplemented(_)
-            | ProxyError::RateLimited(_)
             | ProxyError::UpstreamRefused(_)
             | ProxyError::Draining => None,
         }

@@ -98,16 +98,7 @@ impl Handler for ProxyHandler {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<proxy::body::ProxyBody>> + Send + 'static {
-        // ACME http-01 comes before routing, on plain listeners only.
-        let answer = (!conn.tls)
-            .then(|| acme_http01(&conn.shared, &req))
-            .flatten();
-        async move {
-            match answer {
-                Some(a) => a,
-                None => proxy::handle(conn.shared.clone(), conn, req).await,
-            }
-        }
+        proxy::handle(conn.shared.clone(), conn, req)
     }
 
     fn unparsed(&self, conn: &ConnInfo, code: u16) {
@@ -449,6 +440,7 @@ impl<H: Handler> Conn<H> {
                 tls: tls_config.is_some(),
                 state: Arc::new(ConnState::default()),
                 drain: std::sync::Mutex::new(Some(self.drain)),
+                listener_hint: std::sync::atomic::AtomicUsize::new(0),
             });
             let serving = Serving {
                 handler: self.handler,
@@ -712,24 +704,6 @@ fn count_unparsed(shared: &proxy::Shared, info: &proxy::ConnInfo, code: u16) {
             ));
         }
     }
-}
-
-/// The answer to a pending ACME http-01 challenge, when `req` asks for one.
-fn acme_http01(
-    shared: &proxy::Shared,
-    req: &http::Request<hyper::body::Incoming>,
-) -> Option<http::Response<proxy::body::ProxyBody>> {
-    let token = req.uri().path().strip_prefix(crate::acme::HTTP01_PREFIX)?;
-    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
-        return None;
-    }
-    let key_authorization = shared.acme.http01(token)?;
-    let mut resp = http::Response::new(proxy::body::ProxyBody::full(key_authorization));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/octet-stream"),
-    );
-    Some(resp)
 }
 
 /// A stream a parked connection can wait on without hyper: the TCP socket
