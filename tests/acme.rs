@@ -407,13 +407,15 @@ async fn a_ca_down_at_start_is_retried_while_serving() {
     assert!(tls_connect(f.addr("websecure"), "late.example.com", any)
         .await
         .is_err());
-    let m = scrape(&f).await;
-    let errors = metric(
-        &m,
+    // Counted once the server side of the handshake has failed too, a moment
+    // after the client saw it fail.
+    wait_metric(
+        &f,
         "fulcrum_tls_handshake_errors_total",
         &[("listener", "websecure")],
-    );
-    assert!(errors.unwrap_or(0.0) >= 1.0, "{m}");
+        |v| v >= 1.0,
+    )
+    .await;
 
     let pebble = setup.start();
     let roots = pebble.root().await;
