@@ -444,27 +444,6 @@ async fn no_access_log_unless_enabled() {
     assert!(!logs.contains("fulcrum::access"), "{logs}");
 }
 
-/// External tools the CI installs (`.ci/run`); a developer without them can
-/// set FULCRUM_SKIP_TOOLS=1 to skip these checks explicitly.
-pub fn tool(name: &str) -> Option<&str> {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return Some(name);
-    }
-    if std::env::var_os("FULCRUM_SKIP_TOOLS").is_some() {
-        eprintln!("{name} not installed; skipped because FULCRUM_SKIP_TOOLS is set");
-        return None;
-    }
-    panic!(
-        "{name} is not installed (apt-get install prometheus); set FULCRUM_SKIP_TOOLS=1 to skip"
-    );
-}
-
 fn promtool(args: &[&str], stdin: &[u8]) -> (bool, String) {
     use std::io::Write;
     let mut child = Command::new("promtool")
@@ -486,7 +465,9 @@ fn promtool(args: &[&str], stdin: &[u8]) -> (bool, String) {
 
 #[tokio::test]
 async fn promtool_accepts_a_real_scrape_and_the_example_config() {
-    let Some(_) = tool("promtool") else { return };
+    let Some(_) = tool(&["promtool"], "prometheus") else {
+        return;
+    };
     let a = Backend::named("a").await;
     let f = Fulcrum::start(&config(&format!(
         "[[route]]\nhost = \"a.test\"\nupstream = \"a\"\n[upstream.a]\n{}\n[upstream.dead]\nservers = [{{ address = \"{}\" }}]\n[[route]]\nhost = \"d.test\"\nupstream = \"dead\"\n",
@@ -511,7 +492,9 @@ async fn promtool_accepts_a_real_scrape_and_the_example_config() {
 
 #[test]
 fn grafana_dashboard_queries_are_valid_promql_on_our_metrics() {
-    let Some(_) = tool("promtool") else { return };
+    let Some(_) = tool(&["promtool"], "prometheus") else {
+        return;
+    };
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grafana-dashboard.json");
     let dash: serde_json::Value =

@@ -563,13 +563,7 @@ async fn shutdown_serves_a_request_on_a_live_h2_connection() {
     })
     .await;
     f.signal("TERM");
-    eventually(Duration::from_secs(5), "shutdown begun", || async {
-        match TcpStream::connect(admin).await {
-            Ok(_) => get(admin, "/ready").await.status == 503,
-            Err(_) => true,
-        }
-    })
-    .await;
+    wait_draining(admin).await;
     // A new stream on the live connection, before Fulcrum's final GOAWAY
     // (which waits for the PING this client never answers).
     s.write_all(&h2_get_frame(3, "/")).await.unwrap();
@@ -594,13 +588,7 @@ async fn shutdown_serves_an_http1_request_that_arrives_during_the_drain() {
     )
     .await;
     f.signal("TERM");
-    eventually(Duration::from_secs(5), "shutdown begun", || async {
-        match TcpStream::connect(admin).await {
-            Ok(_) => get(admin, "/ready").await.status == 503,
-            Err(_) => true,
-        }
-    })
-    .await;
+    wait_draining(admin).await;
     // The rest of the head arrives after SIGTERM: served, then closed.
     s.write_all(b"\r\n").await.unwrap();
     let mut out = Vec::new();

@@ -1282,27 +1282,6 @@ fn names_of(ids: &[(String, &'static str)], name: &str) -> Option<&'static str> 
     ids.iter().find(|(_, n)| *n == name).map(|(_, n)| *n)
 }
 
-fn chromium() -> Option<&'static str> {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        let ok = Command::new(name)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(name);
-        }
-    }
-    if std::env::var_os("FULCRUM_SKIP_TOOLS").is_some() {
-        eprintln!("chromium not installed; skipped because FULCRUM_SKIP_TOOLS is set");
-        return None;
-    }
-    panic!(
-        "chromium is not installed (apt-get install chromium); set FULCRUM_SKIP_TOOLS=1 to skip"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_marks_drained_and_disabled_servers() {
     let a = Backend::named("a").await;

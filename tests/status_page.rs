@@ -13,27 +13,6 @@ use std::time::{Duration, Instant};
 use http::Response;
 use tokio::sync::{mpsc, Semaphore};
 
-fn chromium() -> Option<&'static str> {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        let ok = Command::new(name)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(name);
-        }
-    }
-    if std::env::var_os("FULCRUM_SKIP_TOOLS").is_some() {
-        eprintln!("chromium not installed; skipped because FULCRUM_SKIP_TOOLS is set");
-        return None;
-    }
-    panic!(
-        "chromium is not installed (apt-get install chromium); set FULCRUM_SKIP_TOOLS=1 to skip"
-    );
-}
-
 /// Runs headless Chromium with `args` and returns its stdout.
 fn run_chromium(bin: &str, profile: &Path, args: &[String]) -> String {
     let mut child = Command::new(bin)

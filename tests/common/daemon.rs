@@ -363,3 +363,15 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// Waits until a process told to stop has begun its drain: its `/ready`
+/// answers 503, or its admin listener is already gone.
+pub async fn wait_draining(admin: SocketAddr) {
+    eventually(Duration::from_secs(5), "shutdown begun", || async {
+        match tokio::net::TcpStream::connect(admin).await {
+            Ok(_) => get(admin, "/ready").await.status == 503,
+            Err(_) => true,
+        }
+    })
+    .await;
+}

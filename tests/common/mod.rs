@@ -6,6 +6,7 @@ mod backend;
 mod client;
 mod daemon;
 mod tls;
+mod tools;
 
 // Every helper keeps its old `common::name` path; a test file that uses
 // nothing of one part would warn without the allow.
@@ -17,6 +18,8 @@ pub use client::*;
 pub use daemon::*;
 #[allow(unused_imports)]
 pub use tls::*;
+#[allow(unused_imports)]
+pub use tools::*;
 
 use std::time::{Duration, Instant};
 
