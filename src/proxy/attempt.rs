@@ -46,9 +46,11 @@ pub(super) async fn forward(
         && headers::wants_upgrade(req.headers())
         && !upstream.config.protocol.is_h2();
     let (mut parts, incoming) = req.into_parts();
-    // Only HTTP/1.1 clients wait for 100 Continue (hyper's HTTP/2 server
-    // sends none), and only an HTTP/1 server can send one to relay.
-    let expect = parts.version == Version::HTTP_11
+    let bodiless = hyper::body::Body::is_end_stream(&incoming);
+    // Only HTTP/1.1 clients with a body wait for 100 Continue (hyper's HTTP/2
+    // server sends none), and only an HTTP/1 server can send one to relay.
+    let expect = !bodiless
+        && parts.version == Version::HTTP_11
         && !upstream.config.protocol.is_h2()
         && expect::expects_continue(&parts.headers);
     let client_upgrade =
@@ -56,7 +58,6 @@ pub(super) async fn forward(
     let ctx = upstream.pick_context(&parts, client_ip);
     let sticky = upstream.sticky_target(&parts.headers);
     rewrite_request(&mut parts, conn, request_id, upgrade);
-    let bodiless = hyper::body::Body::is_end_stream(&incoming);
     if !upstream.config.protocol.is_h2() && !bodiless && !parts.headers.contains_key(CONTENT_LENGTH)
     {
         // A body of unknown length (HTTP/2 allows one on any method) is sent
@@ -338,10 +339,12 @@ fn rewrite_request(
     upgrade: bool,
 ) {
     let h = &mut parts.headers;
-    headers::strip_hop_by_hop(h, upgrade);
-    // Set after the hop-by-hop removal, so a client cannot strip Fulcrum's
-    // own headers by naming them in `Connection`.
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // The request id was set when the request was accepted; a client that
+    // names it in `Connection` must not strip it, so it is put back. (The
+    // X-Forwarded-* headers are set below, after the removal, anyway.)
+    if headers::strip_hop_by_hop(h, upgrade) {
+        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    }
     headers::append_forwarded_for(h, &conn.client_ip_value);
     h.insert(
         X_FORWARDED_PROTO.clone(),

@@ -75,14 +75,17 @@ fn hop_bit(name: &HeaderName) -> u8 {
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` and
 /// `Connection: upgrade` survive so the upgrade can be tunnelled.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// Returns whether any header named in `Connection` was removed (only then
+/// can one of Fulcrum's own headers have gone).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // One pass over the names notes which are present, so only those are
     // looked up again (each lookup hashes): most messages carry none, or
     // only `connection: keep-alive`.
     let present = headers.keys().fold(0u8, |p, n| p | hop_bit(n));
     if present == 0 {
-        return;
+        return false;
     }
+    let mut removed_named = false;
     if present & H_CONNECTION != 0 {
         // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
         let mut named: Vec<HeaderName> = Vec::new();
@@ -108,6 +111,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 }
             }
         }
+        removed_named = !named.is_empty();
         for n in named {
             headers.remove(n);
         }
@@ -137,6 +141,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else if present & H_UPGRADE != 0 {
         headers.remove(UPGRADE);
     }
+    removed_named
 }
 
 /// Appends `client` to X-Forwarded-For.
