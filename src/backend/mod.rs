@@ -6,6 +6,7 @@
 //! references; the registry holds weak ones, so a server removed by a reload
 //! disappears once the last request on it has finished.
 
+pub mod ewma;
 pub mod overrides;
 mod state;
 
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use overrides::{AdminState, MAX_WEIGHT};
-pub use state::{Ejection, Health, Load, ServerState};
+pub use state::{Ejection, Health, Load, LoadHook, LoadTree, ServerState};
 
 use crate::cluster::ClusterClient;
 use crate::config::ClusterConfig;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
+use super::ewma::PeakEwma;
 use super::overrides::{AdminOverride, AdminState};
 use super::Registry;
-use crate::balance::{LoadHook, PeakEwma};
 use crate::clock::{clock_ms, clock_ms_at};
 use crate::metrics::ServerMetrics;
 use crate::proxy::pool::Pool;
@@ -311,5 +311,26 @@ impl Drop for ServerState {
             }
             self.metrics.remove_series();
         }
+    }
+}
+
+/// A least-connections tree that wants to hear when a server's in-flight
+/// count changes (balance/least.rs implements it). A trait object, so that
+/// per-server state does not depend on the balancers.
+pub trait LoadTree: Send + Sync {
+    fn update(&self, leaf: usize, server: &ServerState);
+}
+
+/// Registered on a server by the newest least-connections tree that holds it.
+pub struct LoadHook {
+    pub tree: Arc<dyn LoadTree>,
+    pub leaf: u32,
+}
+
+impl LoadHook {
+    /// The server's in-flight count changed.
+    #[inline]
+    pub(crate) fn update(&self, server: &ServerState) {
+        self.tree.update(self.leaf as usize, server);
     }
 }

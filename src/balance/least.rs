@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{clock_ms, SlowStart};
-use crate::backend::ServerState;
+use crate::backend::{LoadHook, LoadTree, ServerState};
 
 const NONE: u32 = u32::MAX;
 /// Bits of the key that hold the pick sequence (the tie-breaker).
@@ -34,20 +34,6 @@ pub(crate) struct Tree {
     nodes: Box<[AtomicU32]>,
     seq: AtomicU32,
     slow: SlowStart,
-}
-
-/// Registered on a server by the newest least-connections tree that holds it.
-pub struct LoadHook {
-    tree: Arc<Tree>,
-    leaf: u32,
-}
-
-impl LoadHook {
-    /// The server's in-flight count changed.
-    #[inline]
-    pub(crate) fn update(&self, server: &ServerState) {
-        self.tree.update(self.leaf as usize, server);
-    }
 }
 
 pub struct LeastConn {
@@ -77,7 +63,7 @@ impl LeastConn {
         }
         for (i, s) in up.iter().enumerate() {
             s.load.hook.store(Some(Arc::new(LoadHook {
-                tree: tree.clone(),
+                tree: tree.clone() as Arc<dyn LoadTree>,
                 leaf: i as u32,
             })));
         }
@@ -136,7 +122,7 @@ impl Tree {
         }
     }
 
-    fn update(&self, leaf: usize, s: &ServerState) {
+    fn update_leaf(&self, leaf: usize, s: &ServerState) {
         if leaf >= self.weights.len() {
             return;
         }
@@ -146,5 +132,12 @@ impl Tree {
             self.nodes[node].store(self.min_of(node), Ordering::Relaxed);
             node /= 2;
         }
+    }
+}
+
+impl LoadTree for Tree {
+    #[inline]
+    fn update(&self, leaf: usize, server: &ServerState) {
+        self.update_leaf(leaf, server);
     }
 }

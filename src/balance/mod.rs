@@ -19,7 +19,7 @@ pub mod sticky;
 mod weighted;
 
 pub use ewma::{PeakEwma, PeakEwmaBalancer};
-pub use least::{LeastConn, LoadHook};
+pub use least::LeastConn;
 pub use maglev::Maglev;
 pub use p2c::PowerOfTwo;
 pub use round_robin::RoundRobin;
