@@ -15,7 +15,7 @@ use super::overrides::{AdminOverride, AdminState};
 use super::Registry;
 use crate::clock::{clock_ms, clock_ms_at};
 use crate::metrics::ServerMetrics;
-use crate::proxy::pool::Pool;
+use crate::pool::Pool;
 
 /// Active health checks, and when the server last came up.
 pub struct Health {

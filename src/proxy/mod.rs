@@ -10,10 +10,10 @@ pub mod body;
 pub mod client_ip;
 mod context;
 pub mod error;
-pub mod expect;
+pub use crate::req_body::expect;
 pub mod forward;
 pub mod headers;
-pub mod pool;
+pub use crate::pool;
 mod tunnel;
 pub mod validate;
 

@@ -15,7 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
 use crate::config::UpstreamProtocol;
-use crate::proxy::body::ReqBody;
+use crate::req_body::ReqBody;
 
 /// One upstream HTTP/1.1 connection handle.
 pub struct Upstream1 {
