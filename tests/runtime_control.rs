@@ -1192,7 +1192,16 @@ async fn rolling_deploy(sticky: bool) {
                         let name = r.text();
                         *t.per_server.entry(name.clone()).or_default() += 1;
                         let static_name = names_of(&ids, &name);
-                        if static_name.is_some() && sent_in_window == static_name {
+                        // Still in the window when the answer came: the
+                        // window closes before `enable`, so the pick cannot
+                        // have followed it (a client task descheduled
+                        // between reading the window and sending could
+                        // otherwise be picked after the enable).
+                        let answered_in_window = *window.lock().unwrap();
+                        if static_name.is_some()
+                            && sent_in_window == static_name
+                            && answered_in_window == static_name
+                        {
                             let e = t.in_window.entry(name.clone()).or_default();
                             e.0 += 1;
                             e.1 += usize::from(pinned_to == static_name);
