@@ -68,6 +68,7 @@ pub struct Pool {
 impl Pool {
     /// The most recently returned connection that is still open and younger
     /// than `idle_timeout`.
+    #[inline]
     pub fn checkout(
         &self,
         idle_timeout: Duration,
@@ -86,6 +87,7 @@ impl Pool {
         None
     }
 
+    #[inline]
     pub fn checkin(&self, conn: Upstream1) {
         if conn.sender.is_closed() || conn.max_idle == 0 {
             return;

@@ -36,23 +36,28 @@ impl BodyFlags {
     fn shared() -> BodyFlags {
         BodyFlags(Some(Arc::new(AtomicU8::new(0))))
     }
+    #[inline]
     fn get(&self, bit: u8) -> bool {
         self.0
             .as_ref()
             .is_some_and(|f| f.load(Ordering::Relaxed) & bit != 0)
     }
+    #[inline]
     pub fn too_large(&self) -> bool {
         self.get(Self::TOO_LARGE)
     }
+    #[inline]
     pub fn timed_out(&self) -> bool {
         self.get(Self::TIMED_OUT)
     }
     /// Whether any part of the body was read (then it can't be replayed).
+    #[inline]
     pub fn started(&self) -> bool {
         self.get(Self::STARTED)
     }
     /// The client's body itself failed (invalid chunking, connection lost):
     /// the client's fault, never the server's.
+    #[inline]
     pub fn client_error(&self) -> bool {
         self.get(Self::CLIENT_ERROR)
     }
@@ -87,6 +92,7 @@ struct Streaming {
 }
 
 impl ReqBody {
+    #[inline]
     pub fn new(inner: Incoming, limit: Option<u64>, timeout: Duration) -> (ReqBody, BodyFlags) {
         if inner.is_end_stream() {
             // Nothing left to read: an HTTP/1 bodiless request's body is
@@ -116,6 +122,7 @@ impl ReqBody {
     }
 
     /// An empty body (a bodiless request, or one replayed on another server).
+    #[inline]
     pub fn empty() -> ReqBody {
         ReqBody(None)
     }
@@ -125,6 +132,7 @@ impl Body for ReqBody {
     type Data = Bytes;
     type Error = BoxError;
 
+    #[inline]
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -192,10 +200,12 @@ impl Body for ReqBody {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.0.as_ref().is_none_or(|b| b.inner.is_end_stream())
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
         self.0
             .as_ref()
