@@ -1336,21 +1336,7 @@ async fn status_page_marks_drained_and_disabled_servers() {
     let _ = std::fs::remove_file(&shot);
     let shot2 = shot.clone();
     let dom = tokio::task::spawn_blocking(move || {
-        let chromium = |args: &[String]| {
-            let out = Command::new(bin)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--hide-scrollbars",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .args(args)
-                .stderr(Stdio::null())
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+        let chromium = |args: &[String]| run_chromium(bin, &profile, args);
         let dom = chromium(&["--dump-dom".into(), url.clone()]);
         chromium(&[
             "--window-size=1280,700".into(),

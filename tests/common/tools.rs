@@ -2,7 +2,9 @@
 //! developer without them can set FULCRUM_SKIP_TOOLS=1 to skip those checks
 //! explicitly; otherwise a missing tool fails the test.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The first of `names` that runs (`NAME --version`), or `None` when none
 /// does and FULCRUM_SKIP_TOOLS is set.
@@ -37,4 +39,35 @@ pub fn chromium() -> Option<&'static str> {
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     )
+}
+
+/// Runs headless Chromium with `args` and returns its stdout.
+pub fn run_chromium(bin: &str, profile: &Path, args: &[String]) -> String {
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 60s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
