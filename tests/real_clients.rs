@@ -392,6 +392,10 @@ async fn parser_errors_and_head_timeouts_are_counted_and_logged() {
     // A slow head: part of it, then nothing.
     let out = raw(addr, b"GET / HTTP/1.1\r\nHo", Duration::from_secs(3)).await;
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(
+        out.contains("x-request-id: "),
+        "every response carries an id: {out}"
+    );
 
     let labels = |code| [("listener", "web"), ("upstream", ""), ("code", code)];
     wait_metric(&f, "fulcrum_requests_total", &labels("400"), |v| v == 3.0).await;

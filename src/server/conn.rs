@@ -32,7 +32,17 @@ use super::head_scan::HeadScan;
 use crate::conn_state::ConnState;
 
 pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
+/// Our answer to a request head that never completed; like every response,
+/// it carries a request id (SPEC), made for it since no request had one.
+fn response_408() -> Vec<u8> {
+    let id = crate::proxy::headers::new_request_id();
+    let mut r = Vec::with_capacity(160);
+    r.extend_from_slice(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n");
+    r.extend_from_slice(b"content-length: 16\r\nconnection: close\r\nx-request-id: ");
+    r.extend_from_slice(id.as_bytes());
+    r.extend_from_slice(b"\r\n\r\nrequest timeout\n");
+    r
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -266,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
             if this.phase == Phase::Head && this.head_bytes && !this.h2 {
                 // Best effort: the head is incomplete, so nothing else is being written.
                 this.state.sent_408.store(true, Ordering::Relaxed);
-                let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
+                let _ = Pin::new(&mut this.inner).poll_write(cx, &response_408());
                 let _ = Pin::new(&mut this.inner).poll_flush(cx);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
