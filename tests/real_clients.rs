@@ -633,8 +633,20 @@ async fn expect_continue_is_decided_by_the_server() {
         .await
         .unwrap()
         .unwrap();
-    let first = String::from_utf8_lossy(&buf[..n]);
+    let mut whole = buf[..n].to_vec();
+    // The whole refusal arrives, the body the server sent with it too
+    // (refusing the gate must not cut the response short).
+    while !whole.ends_with(b"\r\n\r\nno\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the rest of the 405")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&whole));
+        whole.extend_from_slice(&buf[..n]);
+    }
+    let first = String::from_utf8_lossy(&whole);
     assert!(first.starts_with("HTTP/1.1 405"), "{first}");
+    assert!(first.ends_with("\r\n\r\nno\n"), "{first}");
     assert_eq!(b.last().headers.get("expect").unwrap(), "100-continue");
 
     // Accepted: the server's 100 reaches the client, then the body flows.
