@@ -245,7 +245,7 @@ async fn exchange_h2(
         .map_err(|f| match f.error {
             // Queued for a connection that ended before opening its stream
             // (hyper: canceled, or "dispatch gone"): never on the wire.
-            ProxyError::UpstreamReset(e) if e.is_canceled() || e.is_user() => Failed {
+            ProxyError::UpstreamReset(e) if e.is_canceled() || dispatch_gone(&e) => Failed {
                 error: ProxyError::UpstreamRefused(e),
                 request: f.request,
             },
@@ -412,6 +412,13 @@ fn classify(e: hyper::Error) -> ProxyError {
     } else {
         ProxyError::UpstreamReset(e)
     }
+}
+
+/// hyper's "runtime dropped the dispatch task": the request was queued for a
+/// connection whose task ended. hyper has no accessor for this user error,
+/// and other user errors (a failing request body) must not count as it.
+fn dispatch_gone(e: &hyper::Error) -> bool {
+    e.is_user() && e.to_string().contains("dispatch task")
 }
 
 /// An HTTP/2 stream the server never processed: one above the last-stream-id
