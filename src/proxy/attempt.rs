@@ -71,7 +71,10 @@ pub(super) async fn forward(
     // server if the first resets or times out before answering, any one
     // when an HTTP/2 server refused its stream unprocessed. Keep its head.
     let idempotent = is_idempotent(&parts.method);
-    let replay = bodiless.then(|| parts.clone());
+    // (A non-idempotent head is only ever resent to an HTTP/2 server, so
+    // only then is it worth the copy.)
+    let replay =
+        (bodiless && (idempotent || upstream.config.protocol.is_h2())).then(|| parts.clone());
     let (mut body, flags) = ReqBody::new(
         incoming,
         settings.max_request_body,
