@@ -131,6 +131,23 @@ impl Fulcrum {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// A log line containing `needle` from any time since start (the
+    /// readiness wait reads lines that come before "fulcrum ready"), or
+    /// waits for one.
+    pub fn logged(&self, needle: &str, timeout: Duration) -> String {
+        let seen = self
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned();
+        match seen {
+            Some(l) => l,
+            None => self.wait_log(needle, timeout),
+        }
+    }
+
     /// Waits for a log line containing `needle` (after those already read).
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
