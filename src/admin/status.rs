@@ -415,7 +415,7 @@ pub fn build(
             } else {
                 r.path_prefix.clone()
             },
-            upstream: r.upstream.clone(),
+            upstream: r.action.describe(),
         })
         .collect();
 

@@ -6,10 +6,14 @@
 
 mod acme;
 mod admin;
+mod auth;
 mod cluster;
 mod ctx;
 mod health;
+mod compress;
 mod listener;
+pub mod policy;
+mod policy_validate;
 mod raw;
 pub mod resolve;
 mod route;
@@ -26,6 +30,7 @@ use std::time::Duration;
 pub use acme::{AcmeChallenge, AcmeConfig};
 pub use admin::{AdminToken, MIN_TOKEN_BYTES};
 pub use cluster::{ClusterConfig, OnError};
+pub use policy::{PolicyConfig, RouteAction, RouteMatch};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -66,6 +71,8 @@ pub struct GlobalConfig {
     pub worker_threads: usize,
     pub shutdown_timeout: Duration,
     pub access_log: bool,
+    /// `[global].error_pages`: bodies for the answers Fulcrum generates.
+    pub error_pages: policy::ErrorPages,
 }
 
 #[derive(Debug, Clone)]
@@ -167,8 +174,12 @@ pub struct RouteConfig {
     pub host: Option<HostMatch>,
     /// Normalised without a trailing slash; "" matches everything.
     pub path_prefix: String,
-    pub upstream: String,
+    /// `methods`, `headers`, `query`; `None` when the route uses none.
+    pub matching: Option<RouteMatch>,
+    pub action: RouteAction,
     pub rate_limit: Option<RateLimit>,
+    /// Everything else a route may do; `None` when it uses none of it.
+    pub policy: Option<Box<PolicyConfig>>,
 }
 
 /// `rate_limit = { requests_per_second = N, burst = M }` on a route: per

@@ -41,6 +41,7 @@ pub(crate) struct RawGlobal {
     pub(crate) worker_threads: Option<Spanned<i64>>,
     pub(crate) shutdown_timeout: Option<S>,
     pub(crate) access_log: Option<bool>,
+    pub(crate) error_pages: Option<Spanned<BTreeMap<String, S>>>,
 }
 
 /// A byte size: an integer, or a string with a unit ("10MiB"); "" means unset.
@@ -92,9 +93,80 @@ pub(crate) struct RawRoute {
     pub(crate) listeners: Option<Vec<S>>,
     pub(crate) host: Option<S>,
     pub(crate) path_prefix: Option<S>,
-    pub(crate) upstream: S,
+    pub(crate) upstream: Option<S>,
     pub(crate) rate_limit: Option<Spanned<toml::Value>>,
+    // Route policy (0.2), validated in `super::policy`, `super::auth` and
+    // `super::compress`.
+    pub(crate) methods: Option<Spanned<Vec<S>>>,
+    pub(crate) headers: Option<Spanned<BTreeMap<String, S>>>,
+    pub(crate) query: Option<Spanned<BTreeMap<String, S>>>,
+    pub(crate) split: Option<Spanned<Vec<Spanned<RawSplitTarget>>>>,
+    pub(crate) split_by: Option<S>,
+    pub(crate) redirect: Option<Spanned<RawRedirect>>,
+    pub(crate) respond: Option<Spanned<RawRespond>>,
+    pub(crate) deny: Option<Spanned<Vec<S>>>,
+    pub(crate) allow: Option<Spanned<Vec<S>>>,
+    pub(crate) basic_auth: Option<Spanned<RawBasicAuth>>,
+    pub(crate) forward_auth: Option<Spanned<RawForwardAuth>>,
+    pub(crate) strip_prefix: Option<Spanned<bool>>,
+    pub(crate) add_prefix: Option<S>,
+    pub(crate) request_headers: Option<Spanned<RawHeaderRules>>,
+    pub(crate) response_headers: Option<Spanned<RawHeaderRules>>,
+    /// `true`, `false` or a table: checked by hand for clear messages.
+    pub(crate) compress: Option<Spanned<toml::Value>>,
+    pub(crate) error_pages: Option<Spanned<BTreeMap<String, S>>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSplitTarget {
+    pub(crate) upstream: S,
+    pub(crate) weight: Spanned<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirect {
+    pub(crate) scheme: Option<S>,
+    pub(crate) host: Option<S>,
+    pub(crate) port: Option<Spanned<i64>>,
+    pub(crate) path_prefix: Option<S>,
+    pub(crate) status: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRespond {
+    pub(crate) status: Spanned<i64>,
+    pub(crate) body: Option<S>,
+    pub(crate) content_type: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBasicAuth {
+    pub(crate) realm: Option<S>,
+    pub(crate) users_file: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawForwardAuth {
+    pub(crate) address: S,
+    pub(crate) path: Option<S>,
+    pub(crate) timeout: Option<S>,
+    pub(crate) request_headers: Option<Vec<S>>,
+    pub(crate) response_headers: Option<Vec<S>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderRules {
+    pub(crate) set: Option<BTreeMap<String, S>>,
+    pub(crate) add: Option<BTreeMap<String, S>>,
+    pub(crate) remove: Option<Vec<S>>,
+}
+
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

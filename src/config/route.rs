@@ -11,7 +11,10 @@ use super::{HostMatch, RateLimit, RateScope, RouteConfig};
 
 pub(super) fn validate_route(
     ctx: &mut Ctx<'_>,
+    config_path: &std::path::Path,
+    global_pages: &super::policy::ErrorPages,
     i: usize,
+    span: std::ops::Range<usize>,
     r: &RawRoute,
     listener_names: &HashSet<String>,
     upstreams: &BTreeMap<String, Spanned<RawUpstream>>,
@@ -75,18 +78,13 @@ pub(super) fn validate_route(
             v.trim_end_matches('/').to_string()
         }
     };
-    let upstream = r.upstream.get_ref().clone();
-    if !upstreams.contains_key(&upstream) {
-        ctx.error(
-            r.upstream.span(),
-            k("upstream"),
-            format!("no upstream named \"{upstream}\" (define [upstream.{upstream}])"),
-        );
-    }
+    let action = super::policy_validate::action(ctx, i, span, r, upstreams);
     let rate_limit = r
         .rate_limit
         .as_ref()
         .and_then(|rl| validate_rate_limit(ctx, rl, &k("rate_limit")));
+    let matching = super::policy_validate::matching(ctx, i, r);
+    let policy = super::policy_validate::policy(ctx, config_path, i, r, &path_prefix, global_pages);
     RouteConfig {
         name: r
             .name
@@ -95,8 +93,10 @@ pub(super) fn validate_route(
         listeners,
         host,
         path_prefix,
-        upstream,
+        matching,
+        action,
         rate_limit,
+        policy,
     }
 }
 

@@ -100,6 +100,13 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
             Duration::from_secs(30),
         ),
         access_log: g.access_log.unwrap_or(false),
+        error_pages: super::policy_validate::error_pages(
+            ctx,
+            path,
+            g.error_pages.as_ref(),
+            "global.error_pages",
+            None,
+        ),
     };
 
     if raw.listeners.is_empty() {
@@ -139,7 +146,16 @@ fn validate(ctx: &mut Ctx<'_>, path: &Path, raw: RawConfig) -> Config {
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        routes.push(validate_route(ctx, i, r.get_ref(), &names, &raw.upstreams));
+        routes.push(validate_route(
+            ctx,
+            path,
+            &global.error_pages,
+            i,
+            r.span(),
+            r.get_ref(),
+            &names,
+            &raw.upstreams,
+        ));
     }
     if raw.routes.is_empty() && !raw.listeners.is_empty() {
         ctx.error(0..0, "route", "at least one [[route]] is required");

@@ -202,15 +202,18 @@ impl RoutingTable {
                     .iter()
                     .filter(|r| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
                     .filter_map(|r| {
-                        let upstream = upstreams.get(r.upstream.as_str())?.clone();
+                        let crate::config::RouteAction::Upstream(name) = &r.action else {
+                            return None;
+                        };
+                        let upstream = upstreams.get(name.as_str())?.clone();
                         Some(Route {
                             host: r.host.clone(),
                             path_prefix: r.path_prefix.clone(),
-                            stats: registry.route_stats(&l.name, &r.upstream),
+                            stats: registry.route_stats(&l.name, name),
                             rate_limit: r.rate_limit.map(|limit| {
                                 let identity = format!(
                                     "{:?} {:?} {} {}",
-                                    r.listeners, r.host, r.path_prefix, r.upstream
+                                    r.listeners, r.host, r.path_prefix, name
                                 );
                                 registry.route_limiter(&identity, &r.name, limit, cluster.as_ref())
                             }),
