@@ -78,11 +78,38 @@ impl Drop for RouteStats {
     }
 }
 
+/// The series of one route name (`fulcrum_route_requests_total` and the
+/// other per-route 0.2 metrics), shared by every listener the route serves
+/// and kept across reloads while the name stays.
+pub struct RouteNameStats {
+    pub route: String,
+    pub metrics: crate::metrics::RouteNameMetrics,
+    registry: Weak<Registry>,
+}
+
+impl Drop for RouteNameStats {
+    fn drop(&mut self) {
+        let Some(reg) = self.registry.upgrade() else {
+            return;
+        };
+        let mut inner = reg.lock();
+        if inner
+            .route_names
+            .get(&self.route)
+            .is_some_and(|w| w.strong_count() == 0)
+        {
+            inner.route_names.remove(&self.route);
+            self.metrics.remove_series(&reg.metrics, &self.route);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     /// upstream → address → state (nested so lookups borrow the name).
     servers: HashMap<Arc<str>, HashMap<SocketAddr, Weak<ServerState>>>,
     routes: HashMap<(String, String), Weak<RouteStats>>,
+    route_names: HashMap<String, Weak<RouteNameStats>>,
     budgets: HashMap<String, Weak<RetryBudget>>,
     groups: HashMap<Arc<str>, Weak<AtomicUsize>>,
     limiters: HashMap<String, Weak<RouteLimiter>>,
@@ -239,6 +266,23 @@ impl Registry {
             registry: Arc::downgrade(self),
         });
         inner.routes.insert(key, Arc::downgrade(&stats));
+        stats
+    }
+
+    /// The per-route-name series for `route`.
+    pub fn route_name_stats(self: &Arc<Self>, route: &str) -> Arc<RouteNameStats> {
+        let mut inner = self.lock();
+        if let Some(s) = inner.route_names.get(route).and_then(Weak::upgrade) {
+            return s;
+        }
+        let stats = Arc::new(RouteNameStats {
+            route: route.to_string(),
+            metrics: crate::metrics::RouteNameMetrics::new(&self.metrics, route),
+            registry: Arc::downgrade(self),
+        });
+        inner
+            .route_names
+            .insert(route.to_string(), Arc::downgrade(&stats));
         stats
     }
 

@@ -55,6 +55,9 @@ pub struct Metrics {
     /// No labels; its one series exists only while `[cluster]` does.
     pub cluster_up: IntGaugeVec,
     pub cluster_errors_total: IntCounterVec,
+    pub route_requests_total: IntCounterVec,
+    pub policy_rejections_total: IntCounterVec,
+    pub compressed_responses_total: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -247,6 +250,24 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            route_requests_total: counter(
+                &r,
+                "fulcrum_route_requests_total",
+                "Requests answered, by route name and status code.",
+                &["route", "code"],
+            ),
+            policy_rejections_total: counter(
+                &r,
+                "fulcrum_policy_rejections_total",
+                "Requests a route's policy refused, by reason.",
+                &["route", "reason"],
+            ),
+            compressed_responses_total: counter(
+                &r,
+                "fulcrum_compressed_responses_total",
+                "Responses compressed, by route and algorithm.",
+                &["route", "algorithm"],
+            ),
             acme_orders_total: counter(
                 &r,
                 "fulcrum_acme_orders_total",
@@ -338,6 +359,90 @@ impl RouteMetrics {
             rate_limited: m
                 .rate_limited_total
                 .with_label_values(&[listener, upstream]),
+        }
+    }
+}
+
+/// Why a route's policy refused a request (`fulcrum_policy_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A deny match or an allow miss.
+    Deny,
+    BasicAuth,
+    /// The auth service answered other than 2xx.
+    ForwardAuth,
+    /// The auth service was unreachable or timed out.
+    ForwardAuthError,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 4] = [
+        Rejection::Deny,
+        Rejection::BasicAuth,
+        Rejection::ForwardAuth,
+        Rejection::ForwardAuthError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Deny => "deny",
+            Rejection::BasicAuth => "basic_auth",
+            Rejection::ForwardAuth => "forward_auth",
+            Rejection::ForwardAuthError => "forward_auth_error",
+        }
+    }
+}
+
+/// The per-route-name series (0.2): requests by code, policy rejections,
+/// compressed responses. Label handles resolve once.
+pub struct RouteNameMetrics {
+    pub requests: CodeCounters,
+    rejections: [IntCounter; 4],
+    /// br, gzip, zstd (the order of `compressed_index`).
+    compressed: [IntCounter; 3],
+}
+
+impl RouteNameMetrics {
+    pub fn new(m: &Metrics, route: &str) -> RouteNameMetrics {
+        RouteNameMetrics {
+            requests: CodeCounters::new(&m.route_requests_total, &[("route", route)]),
+            rejections: Rejection::ALL
+                .map(|r| m.policy_rejections_total.with_label_values(&[route, r.as_str()])),
+            compressed: ["br", "gzip", "zstd"]
+                .map(|a| m.compressed_responses_total.with_label_values(&[route, a])),
+        }
+    }
+
+    #[inline]
+    pub fn rejected(&self, why: Rejection) {
+        self.rejections[why as usize].inc();
+    }
+
+    pub fn rejections(&self, why: Rejection) -> u64 {
+        self.rejections[why as usize].get()
+    }
+
+    /// `algorithm` is "br", "gzip" or "zstd".
+    #[inline]
+    pub fn compressed(&self, algorithm: &str) {
+        if let Some(i) = ["br", "gzip", "zstd"].iter().position(|a| *a == algorithm) {
+            self.compressed[i].inc();
+        }
+    }
+
+    pub fn compressed_total(&self) -> u64 {
+        self.compressed.iter().map(IntCounter::get).sum()
+    }
+
+    pub fn remove_series(&self, m: &Metrics, route: &str) {
+        self.requests.remove();
+        for r in Rejection::ALL {
+            let _ = m
+                .policy_rejections_total
+                .remove_label_values(&[route, r.as_str()]);
+        }
+        for a in ["br", "gzip", "zstd"] {
+            let _ = m.compressed_responses_total.remove_label_values(&[route, a]);
         }
     }
 }

@@ -6,8 +6,10 @@
 
 pub mod answer;
 mod attempt;
+mod auth;
 pub mod body;
 pub mod client_ip;
+mod compress;
 mod context;
 pub mod error;
 pub use crate::req_body::expect;
