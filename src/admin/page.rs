@@ -35,6 +35,8 @@ tr.admin-drain td,tr.admin-disable td{background:repeating-linear-gradient(135de
 .ok{color:var(--up)}.bad{color:var(--down)}.warn{color:var(--ej)}.mute{color:var(--mute)}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px}
 .grid section{margin:0}
+#routes{margin-top:18px;overflow-x:auto}
+.policy{white-space:normal;max-width:28em}
 .stats{display:flex;gap:22px;margin:2px 0 10px;flex-wrap:wrap}
 .stat b{display:block;font-size:18px;font-variant-numeric:tabular-nums}.stat span{color:var(--mute);font-size:12px}
 .banner{padding:10px 14px;border-radius:8px;margin:0 0 18px;font-weight:600}
@@ -149,9 +151,11 @@ pub(super) fn render(s: &Status, shutting_down: bool) -> String {
     }
     h.push_str("<div class=grid>");
     listeners(&mut h, s);
-    routes(&mut h, s);
     acme(&mut h, s);
-    h.push_str("</div></main>");
+    h.push_str("</div>");
+    // Full width: a route row has eleven columns.
+    routes(&mut h, s);
+    h.push_str("</main>");
     let _ = write!(
         h,
         "<footer>Rates over the last {:.0}s, computed from the /metrics counters \
