@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::compress::Compressor;
 use crate::access_log::AccessRecord;
 use crate::backend::InFlight;
 use crate::conn_state::ActiveGuard;
@@ -105,6 +106,8 @@ pub struct ProxyBody {
     access: Option<Box<AccessRecord>>,
     /// The server broke off mid-body.
     broken: bool,
+    /// `compress`: the body goes out encoded.
+    encoder: Option<Box<Compressor>>,
 }
 
 impl ProxyBody {
@@ -114,6 +117,7 @@ impl ProxyBody {
             _active: None,
             access: None,
             broken: false,
+            encoder: None,
         }
     }
 
@@ -123,11 +127,18 @@ impl ProxyBody {
             _active: None,
             access: None,
             broken: false,
+            encoder: None,
         }
     }
 
     pub fn with_guard(mut self, g: ActiveGuard) -> ProxyBody {
         self._active = Some(g);
+        self
+    }
+
+    /// Sends the body through `enc` (the headers are the caller's).
+    pub(super) fn compressed(mut self, enc: Compressor) -> ProxyBody {
+        self.encoder = Some(Box::new(enc));
         self
     }
 
@@ -157,32 +168,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
-            Kind::Full(b) => Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
-            Kind::Upstream(u) => {
-                let Some(inner) = u.inner.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                match ready!(Pin::new(inner).poll_frame(cx)) {
-                    Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
-                    Some(Err(e)) => {
-                        // The server broke off mid-body: drop the connection and
-                        // make the client see an aborted response, not a clean end.
-                        u.finish.take();
-                        u.inner.take();
-                        this.broken = true;
-                        Poll::Ready(Some(Err(Box::new(e))))
-                    }
-                    None => {
-                        u.complete();
-                        Poll::Ready(None)
-                    }
-                }
-            }
+        let frame = match this.encoder.as_mut() {
+            None => poll_kind(&mut this.kind, &mut this.broken, cx),
+            Some(enc) => enc.poll_frame(cx, |cx| poll_kind(&mut this.kind, &mut this.broken, cx)),
         };
         if let (Some(a), Poll::Ready(Some(Ok(f)))) = (this.access.as_mut(), &frame) {
             if let Some(d) = f.data_ref() {
@@ -193,6 +181,9 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(enc) = &self.encoder {
+            return enc.is_end_stream();
+        }
         match &self.kind {
             Kind::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
             Kind::Upstream(u) => u.inner.as_ref().is_none_or(|i| i.is_end_stream()),
@@ -200,12 +191,50 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.encoder.is_some() {
+            return SizeHint::default();
+        }
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(u) => u
                 .inner
                 .as_ref()
                 .map_or(SizeHint::with_exact(0), |i| i.size_hint()),
+        }
+    }
+}
+
+/// The plain body's next frame; a server error mid-body sets `broken`.
+fn poll_kind(
+    kind: &mut Kind,
+    broken: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match kind {
+        Kind::Full(b) => Poll::Ready(
+            b.take()
+                .filter(|b| !b.is_empty())
+                .map(|b| Ok(Frame::data(b))),
+        ),
+        Kind::Upstream(u) => {
+            let Some(inner) = u.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
+                Some(Err(e)) => {
+                    // The server broke off mid-body: drop the connection and
+                    // make the client see an aborted response, not a clean end.
+                    u.finish.take();
+                    u.inner.take();
+                    *broken = true;
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                None => {
+                    u.complete();
+                    Poll::Ready(None)
+                }
+            }
         }
     }
 }
