@@ -62,8 +62,9 @@ pub(super) fn action(
         }
         name.clone()
     };
+    let mut actions = Vec::new();
     if let Some(u) = &r.upstream {
-        return RouteAction::Upstream(known(ctx, u, k("upstream")));
+        actions.push(RouteAction::Upstream(known(ctx, u, k("upstream"))));
     }
     if let Some(split) = &r.split {
         let mut targets = Vec::new();
@@ -96,10 +97,10 @@ pub(super) fn action(
                 SplitBy::Request
             })
         });
-        return RouteAction::Split(SplitConfig { targets, by });
+        actions.push(RouteAction::Split(SplitConfig { targets, by }));
     }
     if let Some(rd) = &r.redirect {
-        return RouteAction::Redirect(redirect(ctx, rd, &k("redirect")));
+        actions.push(RouteAction::Redirect(redirect(ctx, rd, &k("redirect"))));
     }
     if let Some(rs) = &r.respond {
         let raw = rs.get_ref();
@@ -118,7 +119,12 @@ pub(super) fn action(
             content_type,
         });
     }
-    RouteAction::Upstream(String::new())
+    // Every given action is checked; the first one stands in when there
+    // are several (the config is rejected anyway).
+    actions
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| RouteAction::Upstream(String::new()))
 }
 
 fn split_by(s: &str) -> Result<SplitBy, String> {
