@@ -95,6 +95,13 @@ impl Drop for UpstreamBody {
 enum Kind {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// `compress`: the inner body goes out encoded.
+    Compressed(Box<Compressed>),
+}
+
+struct Compressed {
+    encoder: Compressor,
+    inner: Kind,
 }
 
 /// The body of every response Fulcrum sends to a client.
@@ -106,8 +113,6 @@ pub struct ProxyBody {
     access: Option<Box<AccessRecord>>,
     /// The server broke off mid-body.
     broken: bool,
-    /// `compress`: the body goes out encoded.
-    encoder: Option<Box<Compressor>>,
 }
 
 impl ProxyBody {
@@ -117,7 +122,6 @@ impl ProxyBody {
             _active: None,
             access: None,
             broken: false,
-            encoder: None,
         }
     }
 
@@ -127,7 +131,6 @@ impl ProxyBody {
             _active: None,
             access: None,
             broken: false,
-            encoder: None,
         }
     }
 
@@ -136,9 +139,10 @@ impl ProxyBody {
         self
     }
 
-    /// Sends the body through `enc` (the headers are the caller's).
-    pub(super) fn compressed(mut self, enc: Compressor) -> ProxyBody {
-        self.encoder = Some(Box::new(enc));
+    /// Sends the body through `encoder` (the headers are the caller's).
+    pub(super) fn compressed(mut self, encoder: Compressor) -> ProxyBody {
+        let inner = std::mem::replace(&mut self.kind, Kind::Full(None));
+        self.kind = Kind::Compressed(Box::new(Compressed { encoder, inner }));
         self
     }
 
@@ -168,10 +172,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = match this.encoder.as_mut() {
-            None => poll_kind(&mut this.kind, &mut this.broken, cx),
-            Some(enc) => enc.poll_frame(cx, |cx| poll_kind(&mut this.kind, &mut this.broken, cx)),
-        };
+        let frame = poll_kind(&mut this.kind, &mut this.broken, cx);
         if let (Some(a), Poll::Ready(Some(Ok(f)))) = (this.access.as_mut(), &frame) {
             if let Some(d) = f.data_ref() {
                 a.add_bytes(d.len());
@@ -181,30 +182,36 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        if let Some(enc) = &self.encoder {
-            return enc.is_end_stream();
-        }
-        match &self.kind {
+        self.kind.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.kind.size_hint()
+    }
+}
+
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
             Kind::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
             Kind::Upstream(u) => u.inner.as_ref().is_none_or(|i| i.is_end_stream()),
+            Kind::Compressed(c) => c.encoder.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.encoder.is_some() {
-            return SizeHint::default();
-        }
-        match &self.kind {
+        match self {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(u) => u
                 .inner
                 .as_ref()
                 .map_or(SizeHint::with_exact(0), |i| i.size_hint()),
+            Kind::Compressed(_) => SizeHint::default(),
         }
     }
 }
 
-/// The plain body's next frame; a server error mid-body sets `broken`.
+/// The body's next frame; a server error mid-body sets `broken`.
 fn poll_kind(
     kind: &mut Kind,
     broken: &mut bool,
@@ -235,6 +242,10 @@ fn poll_kind(
                     Poll::Ready(None)
                 }
             }
+        }
+        Kind::Compressed(c) => {
+            let Compressed { encoder, inner } = &mut **c;
+            encoder.poll_frame(cx, |cx| poll_kind(inner, broken, cx))
         }
     }
 }

@@ -8,7 +8,7 @@
 //! The body is compressed chunk by chunk: every data frame from the server
 //! is fed to the encoder and the encoder is flushed (a deflate sync flush, a
 //! brotli/zstd block flush), so each chunk reaches the client at once and
-//! event streams stay live. Levels are the fast ones proxies use: gzip 5,
+//! event streams stay live. Levels are the fast ones proxies use: gzip 3,
 //! brotli 4 with a 512 KiB window (ngx_brotli's window), zstd 3 (zstd's
 //! default). The encoders write into a `Vec`, which never blocks, so they are
 //! driven synchronously inside `poll_frame`.
@@ -36,7 +36,7 @@ const MAX_ENTRIES: usize = 32;
 /// Bytes of `Accept-Encoding` looked at, over all its lines.
 const MAX_BYTES: usize = 2048;
 
-const GZIP_LEVEL: i32 = 5;
+const GZIP_LEVEL: i32 = 3;
 const BROTLI_QUALITY: i32 = 4;
 const BROTLI_WINDOW_BITS: i32 = 19;
 const ZSTD_LEVEL: i32 = 3;
@@ -279,7 +279,8 @@ fn mark_compressed(headers: &mut HeaderMap, enc: Encoding) {
 
 enum Codec {
     Gzip(GzipEncoder<Vec<u8>>),
-    Br(BrotliEncoder<Vec<u8>>),
+    /// Boxed: brotli's state is 5 KiB, the others' a few hundred bytes.
+    Br(Box<BrotliEncoder<Vec<u8>>>),
     Zstd(ZstdEncoder<Vec<u8>>),
 }
 
@@ -331,12 +332,12 @@ impl Compressor {
                 Vec::new(),
                 Level::Precise(GZIP_LEVEL),
             )),
-            Encoding::Br => Codec::Br(BrotliEncoder::with_params(
+            Encoding::Br => Codec::Br(Box::new(BrotliEncoder::with_params(
                 Vec::new(),
                 async_compression::brotli::EncoderParams::default()
                     .quality(Level::Precise(BROTLI_QUALITY))
                     .window_size(BROTLI_WINDOW_BITS),
-            )),
+            ))),
             Encoding::Zstd => Codec::Zstd(ZstdEncoder::with_quality(
                 Vec::new(),
                 Level::Precise(ZSTD_LEVEL),
