@@ -245,7 +245,9 @@ fn poll_kind(
         }
         Kind::Compressed(c) => {
             let Compressed { encoder, inner } = &mut **c;
-            encoder.poll_frame(cx, |cx| poll_kind(inner, broken, cx))
+            encoder.poll_frame(cx, |cx| {
+                poll_kind(inner, broken, cx).map(|f| (f, inner.is_end_stream()))
+            })
         }
     }
 }

@@ -350,14 +350,18 @@ impl Compressor {
         }
     }
 
-    /// Compresses and flushes one chunk.
-    fn chunk(&mut self, cx: &mut Context<'_>, mut data: &[u8]) -> io::Result<Bytes> {
+    /// Compresses one chunk and flushes it, or ends the stream with it when
+    /// it is the body's `last`.
+    fn chunk(&mut self, cx: &mut Context<'_>, mut data: &[u8], last: bool) -> io::Result<Bytes> {
         while !data.is_empty() {
             let n = sync(self.codec.writer().poll_write(cx, data))?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             data = &data[n..];
+        }
+        if last {
+            return self.finish(cx);
         }
         sync(self.codec.writer().poll_flush(cx))?;
         Ok(self.codec.take_output())
@@ -370,12 +374,13 @@ impl Compressor {
     }
 
     /// The next frame of the encoded body, reading the plain body with
-    /// `inner`. Server errors pass through; trailers follow the end of the
+    /// `inner` (its next frame, and whether the plain body has ended after
+    /// it). Server errors pass through; trailers follow the end of the
     /// encoded data.
     pub(super) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-        mut inner: impl FnMut(&mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        mut inner: impl FnMut(&mut Context<'_>) -> Poll<(Option<Result<Frame<Bytes>, BoxError>>, bool)>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             match self.state {
@@ -385,10 +390,16 @@ impl Compressor {
                 }
                 State::Streaming => {}
             }
-            let out = match ready!(inner(cx)) {
+            let (frame, ended) = ready!(inner(cx));
+            let out = match frame {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => continue,
-                    Ok(data) => self.chunk(cx, &data),
+                    Ok(data) if data.is_empty() && !ended => continue,
+                    Ok(data) => {
+                        if ended {
+                            self.state = State::Done;
+                        }
+                        self.chunk(cx, &data, ended)
+                    }
                     Err(frame) => match frame.into_trailers() {
                         Ok(t) => {
                             self.trailers = Some(t);
@@ -671,16 +682,22 @@ mod tests {
     }
 
     /// Feeds `frames` through a compressor; returns each output frame.
+    /// `last_ends`: the plain body says it has ended with its last frame
+    /// (a known length), rather than only when polled past it.
     fn run(
         enc: Encoding,
         frames: Vec<Result<Frame<Bytes>, BoxError>>,
+        last_ends: bool,
     ) -> Vec<Result<Frame<Bytes>, BoxError>> {
         let mut c = Compressor::new(enc);
         let mut input = frames.into_iter();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut out = Vec::new();
         loop {
-            match c.poll_frame(&mut cx, |_| Poll::Ready(input.next())) {
+            match c.poll_frame(&mut cx, |_| {
+                let f = input.next();
+                Poll::Ready((f, input.len() == 0 && last_ends))
+            }) {
                 Poll::Ready(Some(f)) => out.push(f),
                 Poll::Ready(None) => break,
                 Poll::Pending => unreachable!(),
@@ -691,7 +708,10 @@ mod tests {
 
     #[test]
     fn every_chunk_decodes_as_soon_as_it_is_out() {
-        for enc in [Encoding::Gzip, Encoding::Br, Encoding::Zstd] {
+        for (enc, last_ends) in [Encoding::Gzip, Encoding::Br, Encoding::Zstd]
+            .into_iter()
+            .flat_map(|e| [(e, false), (e, true)])
+        {
             let chunks: Vec<Vec<u8>> = (0..5)
                 .map(|i| format!("data: event {i} {}\n\n", "x".repeat(i * 100)).into_bytes())
                 .collect();
@@ -699,9 +719,11 @@ mod tests {
                 .iter()
                 .map(|c| Ok(Frame::data(Bytes::from(c.clone()))))
                 .collect();
-            let out = run(enc, frames);
-            // One output per input chunk, plus the stream's end.
-            assert_eq!(out.len(), chunks.len() + 1, "{enc:?}");
+            let out = run(enc, frames, last_ends);
+            // One output per input chunk, plus the stream's end unless the
+            // last chunk said it was the end.
+            let ends = usize::from(!last_ends);
+            assert_eq!(out.len(), chunks.len() + ends, "{enc:?}");
             let mut so_far = Vec::new();
             let mut plain = Vec::new();
             for (i, f) in out.into_iter().enumerate() {
@@ -745,6 +767,7 @@ mod tests {
                 Ok(Frame::data(Bytes::from_static(b"hello"))),
                 Ok(Frame::trailers(t)),
             ],
+            false,
         );
         assert_eq!(out.len(), 3);
         let mut data = Vec::new();
@@ -761,6 +784,7 @@ mod tests {
                 Ok(Frame::data(Bytes::from_static(b"hello"))),
                 Err("server broke off".into()),
             ],
+            false,
         );
         assert_eq!(out.len(), 2);
         assert!(out[1].is_err());
