@@ -219,7 +219,10 @@ mod tests {
         assert!(!u.verify("bob", b"argon pas"));
         assert!(u.verify("carol", b"s3cret:with:colons"));
         assert!(!u.verify("nobody", b"correct horse battery"));
-        assert!(!u.verify("Alice", b"correct horse battery"), "user names are exact");
+        assert!(
+            !u.verify("Alice", b"correct horse battery"),
+            "user names are exact"
+        );
     }
 
     #[test]
@@ -250,7 +253,10 @@ mod tests {
             ("gina:rl0Xbn6Hj6Vcs", "DES crypt"),
             ("hal:$6$salt$abc", "SHA-512"),
             (&format!("ivy:{ARGON2I}"), "argon2i"),
-            ("jo:$2x$10$FkS71ttTtEck7i58SGgyeumlKTSSbwnXL.AbYlH6ChqN4w4eMdwEu", "$2x$"),
+            (
+                "jo:$2x$10$FkS71ttTtEck7i58SGgyeumlKTSSbwnXL.AbYlH6ChqN4w4eMdwEu",
+                "$2x$",
+            ),
         ] {
             let e = bad(&format!("{ALICE}\n\n{line}\n"));
             assert_eq!(e.line, 3, "{line}");
