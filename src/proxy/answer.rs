@@ -77,3 +77,21 @@ fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     resp.headers_mut().insert(CONTENT_TYPE, TEXT);
     resp
 }
+
+/// Missing or wrong `basic_auth` credentials: 401 with the route's
+/// `WWW-Authenticate: Basic realm="..."`.
+pub fn unauthorized(challenge: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    resp.headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, challenge.clone());
+    resp
+}
+
+/// The `forward_auth` service was unreachable, timed out, or gave no
+/// usable answer: 503.
+pub fn auth_unavailable() -> Response<ProxyBody> {
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication service unavailable\n",
+    )
+}
