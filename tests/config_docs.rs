@@ -31,6 +31,13 @@ certificates = [{ cert = "a.pem", key = "a.key" }]
 upstream = "api"
 rate_limit = { requests_per_second = 1 }
 
+[[route]]
+split = [{ upstream = "api", weight = 1 }]
+redirect = { scheme = "https" }
+respond = { status = 200 }
+request_headers = { set = { "X-A" = "1" } }
+response_headers = { remove = ["Server"] }
+
 [upstream.api]
 servers = [{ address = "127.0.0.1:1" }]
 
@@ -80,6 +87,36 @@ fn tables() -> Vec<Table> {
         Table {
             name: "rate_limit",
             at: "requests_per_second = 1",
+            insert: ", zz_not_a_key = 1",
+            section: "`[[route]]`",
+        },
+        Table {
+            name: "split[]",
+            at: "weight = 1",
+            insert: ", zz_not_a_key = 1",
+            section: "`[[route]]`",
+        },
+        Table {
+            name: "redirect",
+            at: "scheme = \"https\"",
+            insert: ", zz_not_a_key = 1",
+            section: "`[[route]]`",
+        },
+        Table {
+            name: "respond",
+            at: "status = 200",
+            insert: ", zz_not_a_key = 1",
+            section: "`[[route]]`",
+        },
+        Table {
+            name: "request_headers",
+            at: "set = { \"X-A\" = \"1\" }",
+            insert: ", zz_not_a_key = 1",
+            section: "`[[route]]`",
+        },
+        Table {
+            name: "response_headers",
+            at: "remove = [\"Server\"]",
             insert: ", zz_not_a_key = 1",
             section: "`[[route]]`",
         },

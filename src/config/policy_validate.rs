@@ -45,7 +45,11 @@ pub(super) fn action(
     }
     if r.split_by.is_some() && r.split.is_none() {
         let s = r.split_by.as_ref().unwrap();
-        ctx.error(s.span(), k("split_by"), "split_by is only for a route with split");
+        ctx.error(
+            s.span(),
+            k("split_by"),
+            "split_by is only for a route with split",
+        );
     }
     let known = |ctx: &mut Ctx<'_>, u: &S, key: String| {
         let name = u.get_ref();
@@ -58,8 +62,9 @@ pub(super) fn action(
         }
         name.clone()
     };
+    let mut actions = Vec::new();
     if let Some(u) = &r.upstream {
-        return RouteAction::Upstream(known(ctx, u, k("upstream")));
+        actions.push(RouteAction::Upstream(known(ctx, u, k("upstream"))));
     }
     if let Some(split) = &r.split {
         let mut targets = Vec::new();
@@ -92,10 +97,10 @@ pub(super) fn action(
                 SplitBy::Request
             })
         });
-        return RouteAction::Split(SplitConfig { targets, by });
+        actions.push(RouteAction::Split(SplitConfig { targets, by }));
     }
     if let Some(rd) = &r.redirect {
-        return RouteAction::Redirect(redirect(ctx, rd, &k("redirect")));
+        actions.push(RouteAction::Redirect(redirect(ctx, rd, &k("redirect"))));
     }
     if let Some(rs) = &r.respond {
         let raw = rs.get_ref();
@@ -106,11 +111,20 @@ pub(super) fn action(
         };
         return RouteAction::Respond(RespondConfig {
             status,
-            body: Bytes::from(raw.body.as_ref().map_or(String::new(), |b| b.get_ref().clone())),
+            body: Bytes::from(
+                raw.body
+                    .as_ref()
+                    .map_or(String::new(), |b| b.get_ref().clone()),
+            ),
             content_type,
         });
     }
-    RouteAction::Upstream(String::new())
+    // Every given action is checked; the first one stands in when there
+    // are several (the config is rejected anyway).
+    actions
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| RouteAction::Upstream(String::new()))
 }
 
 fn split_by(s: &str) -> Result<SplitBy, String> {
@@ -142,22 +156,28 @@ fn redirect(ctx: &mut Ctx<'_>, rd: &Spanned<super::raw::RawRedirect>, key: &str)
     let scheme = raw.scheme.as_ref().map(|s| {
         let v = s.get_ref().to_ascii_lowercase();
         if v != "http" && v != "https" {
-            ctx.error(s.span(), k("scheme"), format!("\"{}\" must be \"http\" or \"https\"", s.get_ref()));
+            ctx.error(
+                s.span(),
+                k("scheme"),
+                format!("\"{}\" must be \"http\" or \"https\"", s.get_ref()),
+            );
         }
         v
     });
     let host = raw.host.as_ref().map(|h| {
         let v = h.get_ref().trim().to_ascii_lowercase();
         let ok = !v.is_empty()
-            && v
-                .bytes()
+            && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
             && (v.starts_with('[') || !v.contains(':'));
         if !ok {
             ctx.error(
                 h.span(),
                 k("host"),
-                format!("\"{}\" is not a host name (no port or scheme: use `port`, `scheme`)", h.get_ref()),
+                format!(
+                    "\"{}\" is not a host name (no port or scheme: use `port`, `scheme`)",
+                    h.get_ref()
+                ),
             );
         }
         v
@@ -169,13 +189,20 @@ fn redirect(ctx: &mut Ctx<'_>, rd: &Spanned<super::raw::RawRedirect>, key: &str)
         }
         v.clamp(1, 65535) as u16
     });
-    let path_prefix = raw.path_prefix.as_ref().map(|p| prefix(ctx, p, &k("path_prefix")));
+    let path_prefix = raw
+        .path_prefix
+        .as_ref()
+        .map(|p| prefix(ctx, p, &k("path_prefix")));
     let status = match &raw.status {
         None => StatusCode::MOVED_PERMANENTLY,
         Some(s) => {
             let v = *s.get_ref();
             if ![301, 302, 303, 307, 308].contains(&v) {
-                ctx.error(s.span(), k("status"), format!("{v} must be 301, 302, 303, 307 or 308"));
+                ctx.error(
+                    s.span(),
+                    k("status"),
+                    format!("{v} must be 301, 302, 303, 307 or 308"),
+                );
             }
             StatusCode::from_u16(v.clamp(100, 999) as u16).unwrap_or(StatusCode::MOVED_PERMANENTLY)
         }
@@ -200,7 +227,11 @@ fn redirect(ctx: &mut Ctx<'_>, rd: &Spanned<super::raw::RawRedirect>, key: &str)
 fn prefix(ctx: &mut Ctx<'_>, p: &S, key: &str) -> String {
     let v = p.get_ref();
     if !v.starts_with('/') || v.contains(['?', '#', ' ']) {
-        ctx.error(p.span(), key, format!("\"{v}\" must be a path starting with '/'"));
+        ctx.error(
+            p.span(),
+            key,
+            format!("\"{v}\" must be a path starting with '/'"),
+        );
     }
     v.trim_end_matches('/').to_string()
 }
@@ -228,7 +259,10 @@ fn header_value(ctx: &mut Ctx<'_>, v: &S, key: &str) -> HeaderValue {
         ctx.error(
             v.span(),
             key,
-            format!("{:?} is not a valid header value (visible ASCII, spaces, tabs)", v.get_ref()),
+            format!(
+                "{:?} is not a valid header value (visible ASCII, spaces, tabs)",
+                v.get_ref()
+            ),
         );
         HeaderValue::from_static("")
     })
@@ -243,7 +277,11 @@ pub(super) fn matching(ctx: &mut Ctx<'_>, i: usize, r: &RawRoute) -> Option<Rout
     let mut m = RouteMatch::default();
     if let Some(ms) = &r.methods {
         if ms.get_ref().is_empty() {
-            ctx.error(ms.span(), k("methods"), "lists no method (leave it out to match every method)");
+            ctx.error(
+                ms.span(),
+                k("methods"),
+                "lists no method (leave it out to match every method)",
+            );
         }
         for (j, s) in ms.get_ref().iter().enumerate() {
             let v = s.get_ref().trim().to_ascii_uppercase();
@@ -316,7 +354,11 @@ pub(super) fn policy(
     if let Some(a) = &r.allow {
         any = true;
         if a.get_ref().is_empty() {
-            ctx.warning(a.span(), &k("allow"), "an empty allow list refuses every client");
+            ctx.warning(
+                a.span(),
+                &k("allow"),
+                "an empty allow list refuses every client",
+            );
         }
         p.allow = Some(cidrs(ctx, a, "allow"));
     }
@@ -332,7 +374,11 @@ pub(super) fn policy(
         p.strip_prefix = *s.get_ref();
         any |= p.strip_prefix;
         if p.strip_prefix && path_prefix.is_empty() {
-            ctx.warning(s.span(), &k("strip_prefix"), "the route has no path_prefix to strip");
+            ctx.warning(
+                s.span(),
+                &k("strip_prefix"),
+                "the route has no path_prefix to strip",
+            );
         }
     }
     if let Some(a) = &r.add_prefix {
@@ -438,7 +484,11 @@ pub(super) fn error_pages(
         let status = match code.parse::<u16>() {
             Ok(s) if (400..=599).contains(&s) => s,
             _ => {
-                ctx.error(file.span(), k, format!("\"{code}\" must be a status from 400 to 599"));
+                ctx.error(
+                    file.span(),
+                    k,
+                    format!("\"{code}\" must be a status from 400 to 599"),
+                );
                 continue;
             }
         };
@@ -457,7 +507,11 @@ pub(super) fn error_pages(
                     },
                 );
             }
-            Err(e) => ctx.error(file.span(), k, format!("cannot read {}: {e}", path.display())),
+            Err(e) => ctx.error(
+                file.span(),
+                k,
+                format!("cannot read {}: {e}", path.display()),
+            ),
         }
     }
     Arc::new(pages)

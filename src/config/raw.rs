@@ -167,7 +167,6 @@ pub(crate) struct RawHeaderRules {
     pub(crate) remove: Option<Vec<S>>,
 }
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {

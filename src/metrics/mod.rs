@@ -406,8 +406,10 @@ impl RouteNameMetrics {
     pub fn new(m: &Metrics, route: &str) -> RouteNameMetrics {
         RouteNameMetrics {
             requests: CodeCounters::new(&m.route_requests_total, &[("route", route)]),
-            rejections: Rejection::ALL
-                .map(|r| m.policy_rejections_total.with_label_values(&[route, r.as_str()])),
+            rejections: Rejection::ALL.map(|r| {
+                m.policy_rejections_total
+                    .with_label_values(&[route, r.as_str()])
+            }),
             compressed: ["br", "gzip", "zstd"]
                 .map(|a| m.compressed_responses_total.with_label_values(&[route, a])),
         }
@@ -442,7 +444,9 @@ impl RouteNameMetrics {
                 .remove_label_values(&[route, r.as_str()]);
         }
         for a in ["br", "gzip", "zstd"] {
-            let _ = m.compressed_responses_total.remove_label_values(&[route, a]);
+            let _ = m
+                .compressed_responses_total
+                .remove_label_values(&[route, a]);
         }
     }
 }

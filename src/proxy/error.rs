@@ -9,6 +9,9 @@ use crate::metrics::ErrorKind;
 pub enum ProxyError {
     #[error("no route")]
     NoRoute,
+    /// A route's `deny`/`allow` refused the client's IP.
+    #[error("forbidden")]
+    Forbidden,
     #[error("no healthy upstream")]
     NoHealthyUpstream,
     #[error("request body too large")]
@@ -55,6 +58,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyUpstream | ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -77,6 +81,7 @@ impl ProxyError {
     pub fn body(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no route\n",
+            ProxyError::Forbidden => "forbidden\n",
             ProxyError::NoHealthyUpstream => "no healthy upstream\n",
             ProxyError::BodyTooLarge => "request body too large\n",
             ProxyError::HeadersTooLarge => "request header fields too large\n",
@@ -109,6 +114,7 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge
             | ProxyError::Draining => true,
             ProxyError::NoRoute
+            | ProxyError::Forbidden
             | ProxyError::NoHealthyUpstream
             | ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
@@ -134,6 +140,7 @@ impl ProxyError {
                 Some(ErrorKind::Protocol)
             }
             ProxyError::NoRoute
+            | ProxyError::Forbidden
             | ProxyError::NoHealthyUpstream
             | ProxyError::BodyTooLarge
             | ProxyError::HeadersTooLarge

@@ -3,7 +3,8 @@
 use http::header::HOST;
 use http::Request;
 
-use crate::config::HostMatch;
+use crate::config::policy::ValueMatch;
+use crate::config::{HostMatch, RouteMatch};
 
 /// The request's host without port or trailing dot: the Host header (HTTP/1)
 /// or the URI authority (HTTP/2 `:authority`, absolute-form HTTP/1).
@@ -52,6 +53,36 @@ pub fn host_matches(m: &HostMatch, host: &str) -> bool {
                 && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
         }
     }
+}
+
+/// The `methods`, `headers` and `query` keys of a route.
+pub fn request_matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
+    if !m.methods.is_empty() && !m.methods.contains(req.method()) {
+        return false;
+    }
+    let value_ok = |want: &ValueMatch, got: &[u8]| match want {
+        ValueMatch::Any => true,
+        ValueMatch::Exact(v) => v.as_bytes() == got,
+    };
+    let headers_ok = m.headers.iter().all(|(name, want)| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .any(|v| value_ok(want, v.as_bytes()))
+    });
+    if !headers_ok {
+        return false;
+    }
+    if m.query.is_empty() {
+        return true;
+    }
+    let query = req.uri().query().unwrap_or("");
+    m.query.iter().all(|(name, want)| {
+        // Decoded pairs (percent-escapes and '+'); bounded by the URI,
+        // which the listener's head limit bounds.
+        form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == name.as_str() && value_ok(want, v.as_bytes()))
+    })
 }
 
 /// `prefix` has no trailing slash: "/v1" matches "/v1", "/v1/" and "/v1/x",

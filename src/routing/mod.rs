@@ -5,7 +5,7 @@
 
 mod matcher;
 
-pub use matcher::{host_matches, path_matches, request_host};
+pub use matcher::{host_matches, path_matches, request_host, request_matches};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,9 +13,15 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
-use crate::backend::{Registry, RouteStats, ServerState};
+use crate::backend::{Registry, RouteNameStats, RouteStats, ServerState};
 use crate::balance::{key, Balancer, PickContext, Sticky};
-use crate::config::{Config, HostMatch, ListenerConfig, Strategy, UpstreamConfig};
+use crate::config::policy::{RedirectConfig, RespondConfig};
+use crate::config::{
+    Config, HostMatch, ListenerConfig, RouteAction, RouteConfig, RouteMatch, Strategy,
+    UpstreamConfig,
+};
+use crate::policy::split::Split;
+use crate::policy::Policy;
 use crate::ratelimit::RouteLimiter;
 use crate::retry_budget::RetryBudget;
 
@@ -38,12 +44,36 @@ pub struct ListenerTable {
 }
 
 pub struct Route {
+    pub name: Arc<str>,
     pub host: Option<HostMatch>,
     pub path_prefix: String,
-    pub upstream: Arc<Upstream>,
+    /// `methods`, `headers`, `query`; `None` = host and path decide.
+    pub matching: Option<Box<RouteMatch>>,
+    pub target: Target,
+    /// The `upstream=""` series for answers and errors of this route's
+    /// listener, or its one upstream's.
     pub stats: Arc<RouteStats>,
+    /// The route-name series (0.2 metrics).
+    pub names: Arc<RouteNameStats>,
     /// Per-client-IP limit, shared by every listener the route serves.
     pub rate_limit: Option<Arc<RouteLimiter>>,
+    /// Everything else the route does; `None` when it uses no policy key.
+    pub policy: Option<Arc<Policy>>,
+}
+
+/// What a matched route does with the request.
+pub enum Target {
+    Upstream(Arc<Upstream>),
+    /// Arms index `RoutingTable::upstreams` (stable across health rebuilds,
+    /// so the schedule survives them).
+    Split(Arc<Split<SplitArm>>),
+    Redirect(Arc<RedirectConfig>),
+    Respond(Arc<RespondConfig>),
+}
+
+pub struct SplitArm {
+    pub upstream: usize,
+    pub stats: Arc<RouteStats>,
 }
 
 /// An upstream pool as this generation sees it.
@@ -193,6 +223,18 @@ impl RoutingTable {
         }
 
         let cluster = registry.cluster(config.cluster.as_ref());
+        let index: HashMap<&str, usize> = ordered
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (&*u.name, i))
+            .collect();
+        // Per route, not per listener: a policy's caches and pools are
+        // shared by every listener the route serves.
+        let policies: Vec<Option<Arc<Policy>>> = config
+            .routes
+            .iter()
+            .map(|r| r.policy.as_deref().map(|p| Arc::new(Policy::new(p))))
+            .collect();
         let listeners = config
             .listeners
             .iter()
@@ -200,24 +242,59 @@ impl RoutingTable {
                 let routes = config
                     .routes
                     .iter()
-                    .filter(|r| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
-                    .filter_map(|r| {
-                        let crate::config::RouteAction::Upstream(name) = &r.action else {
-                            return None;
+                    .zip(&policies)
+                    .filter(|(r, _)| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
+                    .filter_map(|(r, policy)| {
+                        let no_upstream = || registry.route_stats(&l.name, "");
+                        let (target, stats) = match &r.action {
+                            RouteAction::Upstream(name) => {
+                                let upstream = upstreams.get(name.as_str())?.clone();
+                                (
+                                    Target::Upstream(upstream),
+                                    registry.route_stats(&l.name, name),
+                                )
+                            }
+                            RouteAction::Split(s) => {
+                                let arms = s
+                                    .targets
+                                    .iter()
+                                    .map(|t| {
+                                        let arm = SplitArm {
+                                            upstream: *index.get(t.upstream.as_str())?,
+                                            stats: registry.route_stats(&l.name, &t.upstream),
+                                        };
+                                        Some((arm, t.weight))
+                                    })
+                                    .collect::<Option<Vec<_>>>()?;
+                                (
+                                    Target::Split(Arc::new(Split::new(arms, s.by.clone()))),
+                                    no_upstream(),
+                                )
+                            }
+                            RouteAction::Redirect(rd) => {
+                                (Target::Redirect(Arc::new(rd.clone())), no_upstream())
+                            }
+                            RouteAction::Respond(rs) => {
+                                (Target::Respond(Arc::new(rs.clone())), no_upstream())
+                            }
                         };
-                        let upstream = upstreams.get(name.as_str())?.clone();
                         Some(Route {
+                            name: Arc::from(r.name.as_str()),
                             host: r.host.clone(),
                             path_prefix: r.path_prefix.clone(),
-                            stats: registry.route_stats(&l.name, name),
+                            matching: r.matching.clone().map(Box::new),
+                            target,
+                            stats,
+                            names: registry.route_name_stats(&r.name),
                             rate_limit: r.rate_limit.map(|limit| {
-                                let identity = format!(
-                                    "{:?} {:?} {} {}",
-                                    r.listeners, r.host, r.path_prefix, name
-                                );
-                                registry.route_limiter(&identity, &r.name, limit, cluster.as_ref())
+                                registry.route_limiter(
+                                    &limiter_identity(r),
+                                    &r.name,
+                                    limit,
+                                    cluster.as_ref(),
+                                )
                             }),
-                            upstream,
+                            policy: policy.clone(),
                         })
                     })
                     .collect();
@@ -276,14 +353,22 @@ impl RoutingTable {
                     .routes
                     .iter()
                     .map(|r| Route {
+                        name: r.name.clone(),
                         host: r.host.clone(),
                         path_prefix: r.path_prefix.clone(),
+                        matching: r.matching.clone(),
+                        target: match &r.target {
+                            Target::Upstream(u) => {
+                                Target::Upstream(rebuilt.get(&*u.name).unwrap_or(u).clone())
+                            }
+                            Target::Split(s) => Target::Split(s.clone()),
+                            Target::Redirect(rd) => Target::Redirect(rd.clone()),
+                            Target::Respond(rs) => Target::Respond(rs.clone()),
+                        },
                         stats: r.stats.clone(),
+                        names: r.names.clone(),
                         rate_limit: r.rate_limit.clone(),
-                        upstream: rebuilt
-                            .get(&*r.upstream.name)
-                            .unwrap_or(&r.upstream)
-                            .clone(),
+                        policy: r.policy.clone(),
                     })
                     .collect(),
             })
@@ -302,16 +387,30 @@ impl RoutingTable {
 }
 
 impl ListenerTable {
-    /// First route in file order whose host and path match.
+    /// First route in file order whose host, path and match keys match.
     #[inline]
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+    pub fn route<B>(&self, req: &http::Request<B>) -> Option<&Route> {
+        let host = request_host(req);
+        let path = req.uri().path();
         self.routes.iter().find(|r| {
             r.host
                 .as_ref()
                 .is_none_or(|h| host.is_some_and(|host| host_matches(h, host)))
                 && path_matches(&r.path_prefix, path)
+                && r.matching.as_ref().is_none_or(|m| request_matches(m, req))
         })
     }
+}
+
+/// Identifies a rate limit across reloads: the same route keeps its buckets.
+fn limiter_identity(r: &RouteConfig) -> String {
+    format!(
+        "{:?} {:?} {} {}",
+        r.listeners,
+        r.host,
+        r.path_prefix,
+        r.action.describe()
+    )
 }
 
 #[cfg(test)]
@@ -369,8 +468,12 @@ servers = [{ address = "127.0.0.1:3" }, { address = "127.0.0.1:4" }]
             ["127.0.0.1:4".parse().unwrap()]
         );
         let routes = &next.listeners[0].routes;
-        assert!(Arc::ptr_eq(&routes[0].upstream, &next.upstreams[0]));
-        assert!(Arc::ptr_eq(&routes[1].upstream, &next.upstreams[1]));
+        let upstream = |r: &Route| match &r.target {
+            Target::Upstream(u) => u.clone(),
+            _ => unreachable!("both routes forward"),
+        };
+        assert!(Arc::ptr_eq(&upstream(&routes[0]), &next.upstreams[0]));
+        assert!(Arc::ptr_eq(&upstream(&routes[1]), &next.upstreams[1]));
         assert!(Arc::ptr_eq(
             &routes[1].stats,
             &table.listeners[0].routes[1].stats
