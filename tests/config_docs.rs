@@ -37,6 +37,8 @@ redirect = { scheme = "https" }
 respond = { status = 200 }
 request_headers = { set = { "X-A" = "1" } }
 response_headers = { remove = ["Server"] }
+basic_auth = { users_file = "u.htpasswd" }
+forward_auth = { address = "127.0.0.1:9" }
 
 [upstream.api]
 servers = [{ address = "127.0.0.1:1" }]
@@ -119,6 +121,18 @@ fn tables() -> Vec<Table> {
             at: "remove = [\"Server\"]",
             insert: ", zz_not_a_key = 1",
             section: "`[[route]]`",
+        },
+        Table {
+            name: "basic_auth",
+            at: "users_file = \"u.htpasswd\"",
+            insert: ", zz_not_a_key = 1",
+            section: "Route policy: access",
+        },
+        Table {
+            name: "forward_auth",
+            at: "address = \"127.0.0.1:9\"",
+            insert: ", zz_not_a_key = 1",
+            section: "Route policy: access",
         },
         line(
             "[upstream.NAME]",
