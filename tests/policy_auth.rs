@@ -518,6 +518,67 @@ async fn forward_auth_allows_with_copied_headers_and_sends_only_listed_ones() {
         "one pooled connection"
     );
     assert_eq!(rejections(&f, "app", "forward_auth").await, 0.0);
+
+    // A reload that keeps the auth service's address keeps its connection.
+    let toml = forward_route(auth.addr, "3s", &b);
+    assert!(f.reload(&toml).contains("config reloaded"));
+    assert_eq!(
+        send(web, "/", &[("cookie", b"session=ok")]).await.status,
+        200
+    );
+    assert_eq!(
+        auth.conns.load(Ordering::SeqCst),
+        1,
+        "kept across the reload"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_comes_before_forward_auth_and_keeps_its_header_to_itself() {
+    let b = Backend::named("app").await;
+    let auth = AuthServer::start(|req: Request<Incoming>| async move {
+        // The Basic credentials were taken off before this service is asked.
+        let status = if req.headers().contains_key("authorization") {
+            500
+        } else {
+            204
+        };
+        Response::builder()
+            .status(status)
+            .header("x-user", "from-sso")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let users = users_file(&[CAROL]);
+    let f = Fulcrum::start(&config(&format!(
+        r#"[[route]]
+name = "both"
+basic_auth = {{ realm = "ops", users_file = "{}" }}
+forward_auth = {{ address = "{}", request_headers = ["Authorization"], response_headers = ["X-User"] }}
+upstream = "u"
+
+[upstream.u]
+{}
+"#,
+        users.display(),
+        auth.addr,
+        servers(&[&b])
+    )));
+    let web = f.addr("web");
+    assert_401(&send(web, "/", &[]).await, "ops", "no credentials");
+    assert_eq!(
+        auth.requests(),
+        0,
+        "refused before the auth service is asked"
+    );
+    let cred = basic(b"carol:s3cret:with:colons");
+    let r = send(web, "/", &[("authorization", cred.as_bytes())]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(auth.requests(), 1);
+    assert_eq!(b.last().headers["x-user"], "from-sso");
+    assert!(b.last().headers.get("authorization").is_none());
+    assert_eq!(rejections(&f, "both", "basic_auth").await, 1.0);
 }
 
 #[tokio::test]
