@@ -30,6 +30,7 @@ pub(super) fn validate_basic_auth(
     key: &str,
 ) -> Option<BasicAuthConfig> {
     let raw = raw.get_ref();
+    let errors = ctx.diags.len();
     let realm = match &raw.realm {
         None => DEFAULT_REALM.to_string(),
         Some(r) => {
@@ -44,7 +45,6 @@ pub(super) fn validate_basic_auth(
                     format!("{key}.realm"),
                     format!("realm {v:?} must be printable ASCII without '\"' or '\\' (it is sent quoted in WWW-Authenticate)"),
                 );
-                return None;
             }
             v.clone()
         }
@@ -89,6 +89,9 @@ pub(super) fn validate_basic_auth(
                 path.display()
             ),
         );
+        return None;
+    }
+    if ctx.diags.len() != errors {
         return None;
     }
     Some(BasicAuthConfig {
