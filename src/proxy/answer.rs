@@ -14,7 +14,10 @@ const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 /// Why a phase ended the request early.
 pub enum Stop {
     Error(ProxyError),
+    /// An answer Fulcrum made (a 429, a 401): error pages apply.
     Answer(Response<ProxyBody>),
+    /// Another service's answer passed on as it is (a forward-auth denial).
+    Relay(Response<ProxyBody>),
 }
 
 impl From<ProxyError> for Stop {
@@ -27,7 +30,7 @@ impl Stop {
     pub fn into_response(self) -> Response<ProxyBody> {
         match self {
             Stop::Error(e) => error_response(&e),
-            Stop::Answer(r) => r,
+            Stop::Answer(r) | Stop::Relay(r) => r,
         }
     }
 }

@@ -110,7 +110,7 @@ pub(super) async fn forward_auth(
     let mut resp = Response::new(ProxyBody::upstream(body));
     *resp.status_mut() = parts.status;
     *resp.headers_mut() = parts.headers;
-    Err(Stop::Answer(resp))
+    Err(Stop::Relay(resp))
 }
 
 /// The auth request's headers: `Host` (the auth service), the listed
