@@ -6,8 +6,6 @@
 mod common;
 use common::*;
 
-use std::time::Duration;
-
 use http::Request;
 
 /// A backend that echoes the path and query it got.
@@ -372,6 +370,7 @@ async fn error_pages_replace_generated_bodies_globally_and_per_route() {
     std::fs::write(dir.join("404.html"), "<h1>not here</h1>\n").unwrap();
     std::fs::write(dir.join("503.json"), "{\"error\":\"down\"}\n").unwrap();
     std::fs::write(dir.join("403.txt"), "go away\n").unwrap();
+    std::fs::write(dir.join("429.txt"), "slow down\n").unwrap();
     let page = |n: &str| format!("{:?}", dir.join(n).display().to_string());
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -386,7 +385,7 @@ async fn error_pages_replace_generated_bodies_globally_and_per_route() {
     let body = format!(
         r#"
 [global]
-error_pages = {{ "404" = {p404}, "502" = {p404} }}
+error_pages = {{ "404" = {p404}, "502" = {p404}, "429" = {p429} }}
 
 [[listener]]
 name = "web"
@@ -402,6 +401,11 @@ allow = ["192.0.2.0/24"]
 path_prefix = "/up"
 upstream = "up"
 
+[[route]]
+path_prefix = "/limited"
+upstream = "up"
+rate_limit = {{ requests_per_second = 0.01, burst = 1 }}
+
 [upstream.dead]
 servers = [{{ address = "{dead}" }}]
 retries = 0
@@ -413,6 +417,7 @@ retries = 0
         p404 = page("404.html"),
         p503 = page("503.json"),
         p403 = page("403.txt"),
+        p429 = page("429.txt"),
     );
     let toml = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{body}");
     let f = Fulcrum::start(&toml);
@@ -428,6 +433,13 @@ retries = 0
     // An upstream's own 404 is forwarded untouched.
     let r = get(f.addr("web"), "/up").await;
     assert_eq!(r.text(), "upstream's own 404");
+
+    // Answers Fulcrum makes on purpose get pages too, keeping their headers.
+    assert_eq!(get(f.addr("web"), "/limited").await.status, 404);
+    let r = get(f.addr("web"), "/limited").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.text(), "slow down\n");
+    assert!(r.header("retry-after").is_some());
 
     // A page that goes missing fails the reload; the old pages stay.
     let broken = toml.replace(&page("404.html"), &page("missing.html"));

@@ -45,6 +45,8 @@ async fn status_page_renders_every_upstream_and_server_state() {
             "[[route]]\nhost = \"api.example.com\"\npath_prefix = \"/v1\"\nupstream = \"api\"\n\
              [[route]]\nhost = \"flaky.test\"\nupstream = \"flaky\"\n\
              [[route]]\nhost = \"db.test\"\nupstream = \"db\"\n\
+             [[route]]\nname = \"admin\"\npath_prefix = \"/admin\"\nmethods = [\"GET\"]\n\
+             deny = [\"127.0.0.1/32\"]\nresponse_headers = {{ remove = [\"Server\"] }}\nupstream = \"static\"\n\
              [[route]]\nupstream = \"static\"\n\
              [upstream.api]\nstrategy = \"weighted\"\n{}\n[upstream.static]\n{}\n\
              [upstream.flaky]\n{}\n[upstream.flaky.passive_health]\nconsecutive_failures = 1\n\
@@ -71,6 +73,7 @@ async fn status_page_renders_every_upstream_and_server_state() {
         client.get("/v1/z", "api.example.com").await;
     }
     client.get("/nothing", "api.example.com").await;
+    assert_eq!(client.get("/admin", "www.example.com").await.status, 403);
     // One 500 ejects `bad`; the dead `db` server fails its checks.
     for _ in 0..4 {
         client.get("/", "flaky.test").await;
@@ -143,6 +146,11 @@ async fn status_page_renders_every_upstream_and_server_state() {
         "data-listener=\"web\"",
         "api.example.com",
         "id=\"generation\">2<",
+        // The route panel: name, match keys, action, policy in order, and
+        // the route's requests, rejections and compressed responses.
+        "data-route=\"admin\"",
+        "<td>GET</td><td>static</td>",
+        "deny 1 \u{2192} response_headers</td><td>1</td><td>1</td><td>0</td>",
     ] {
         assert!(
             dom.contains(want),

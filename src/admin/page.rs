@@ -35,6 +35,8 @@ tr.admin-drain td,tr.admin-disable td{background:repeating-linear-gradient(135de
 .ok{color:var(--up)}.bad{color:var(--down)}.warn{color:var(--ej)}.mute{color:var(--mute)}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px}
 .grid section{margin:0}
+#routes{margin-top:18px;overflow-x:auto}
+.policy{white-space:normal;max-width:28em}
 .stats{display:flex;gap:22px;margin:2px 0 10px;flex-wrap:wrap}
 .stat b{display:block;font-size:18px;font-variant-numeric:tabular-nums}.stat span{color:var(--mute);font-size:12px}
 .banner{padding:10px 14px;border-radius:8px;margin:0 0 18px;font-weight:600}
@@ -149,9 +151,11 @@ pub(super) fn render(s: &Status, shutting_down: bool) -> String {
     }
     h.push_str("<div class=grid>");
     listeners(&mut h, s);
-    routes(&mut h, s);
     acme(&mut h, s);
-    h.push_str("</div></main>");
+    h.push_str("</div>");
+    // Full width: a route row has eleven columns.
+    routes(&mut h, s);
+    h.push_str("</main>");
     let _ = write!(
         h,
         "<footer>Rates over the last {:.0}s, computed from the /metrics counters \
@@ -333,24 +337,38 @@ fn acme(h: &mut String, s: &Status) {
 fn routes(h: &mut String, s: &Status) {
     h.push_str(
         "<section id=routes><h2>routes <span class=sub>first match wins</span></h2><table>\
-         <tr><th>#</th><th>listeners</th><th>host</th><th>path prefix</th><th>upstream</th></tr>",
+         <tr><th>#</th><th>name</th><th>listeners</th><th>host</th><th>path prefix</th>\
+         <th>matches</th><th>action</th><th>policy</th><th>requests</th><th>rejected</th>\
+         <th>compressed</th></tr>",
     );
+    let mute = |text: &str| format!("<span class=mute>{text}</span>");
     for (i, r) in s.routes.iter().enumerate() {
         let listeners = r
             .listeners
             .as_ref()
-            .map_or("<span class=mute>all</span>".to_string(), |l| {
-                esc(&l.join(", "))
-            });
-        let host = r
-            .host
-            .as_ref()
-            .map_or("<span class=mute>any</span>".to_string(), |h| esc(h));
+            .map_or(mute("all"), |l| esc(&l.join(", ")));
+        let host = r.host.as_ref().map_or(mute("any"), |h| esc(h));
+        let matches = if r.matches.is_empty() {
+            mute("any")
+        } else {
+            esc(&r.matches)
+        };
+        let policy = if r.policy.is_empty() {
+            mute("none")
+        } else {
+            esc(&r.policy.join(" \u{2192} "))
+        };
         let _ = write!(
             h,
-            "<tr class=route><td>{i}</td><td>{listeners}</td><td>{host}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=route data-route=\"{name}\"><td>{i}</td><td>{name}</td><td>{listeners}</td>\
+             <td>{host}</td><td>{}</td><td>{matches}</td><td>{}</td><td class=policy>{policy}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&r.path_prefix),
-            esc(&r.upstream)
+            esc(&r.upstream),
+            r.requests,
+            r.rejections,
+            r.compressed,
+            name = esc(&r.name),
         );
     }
     h.push_str("</table></section>");
@@ -408,10 +426,16 @@ mod tests {
                 requests_per_second: 2.0,
             }],
             routes: vec![RouteStatus {
+                name: "route0".into(),
                 listeners: None,
                 host: Some("*.example.com".into()),
                 path_prefix: "/".into(),
+                matches: String::new(),
                 upstream: "api".into(),
+                policy: Vec::new(),
+                requests: 0,
+                rejections: 0,
+                compressed: 0,
             }],
             acme: Vec::new(),
             upstreams: vec![UpstreamStatus {

@@ -18,7 +18,8 @@ use serde::Serialize;
 
 use super::handle::AdminHandle;
 use crate::backend::ServerState;
-use crate::config::HostMatch;
+use crate::config::policy::ValueMatch;
+use crate::config::{HostMatch, RouteConfig, RouteMatch};
 use crate::routing::RoutingTable;
 
 /// How far back rates look.
@@ -209,11 +210,25 @@ pub struct ListenerStatus {
 
 #[derive(Debug, Serialize)]
 pub struct RouteStatus {
+    /// `name`, or `route<N>`.
+    pub name: String,
     /// `None` = every listener.
     pub listeners: Option<Vec<String>>,
     pub host: Option<String>,
     pub path_prefix: String,
+    /// `methods`, `headers` and `query`, e.g. `GET,HEAD X-Canary=1 ?preview=true`.
+    pub matches: String,
+    /// The action: an upstream name, or "split a 95, b 5", "redirect 301",
+    /// "respond 503".
     pub upstream: String,
+    /// The policy keys in use, in the order they apply.
+    pub policy: Vec<String>,
+    /// `fulcrum_route_requests_total` of this route, all codes.
+    pub requests: u64,
+    /// `fulcrum_policy_rejections_total` of this route, all reasons.
+    pub rejections: u64,
+    /// `fulcrum_compressed_responses_total` of this route.
+    pub compressed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -349,6 +364,72 @@ fn rate(n: u64, secs: f64) -> f64 {
     (n as f64 / secs * 100.0).round() / 100.0
 }
 
+fn match_str(m: &RouteMatch) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !m.methods.is_empty() {
+        let ms: Vec<&str> = m.methods.iter().map(|m| m.as_str()).collect();
+        parts.push(ms.join(","));
+    }
+    let value = |v: &ValueMatch| match v {
+        ValueMatch::Any => "*".to_string(),
+        ValueMatch::Exact(e) => e.clone(),
+    };
+    for (name, v) in &m.headers {
+        parts.push(format!("{name}={}", value(v)));
+    }
+    for (name, v) in &m.query {
+        parts.push(format!("?{name}={}", value(v)));
+    }
+    parts.join(" ")
+}
+
+/// The route's policy keys in the order they apply to a request.
+fn policy_keys(r: &RouteConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let p = r.policy.as_deref();
+    if let Some(p) = p {
+        if !p.deny.is_empty() {
+            out.push(format!("deny {}", p.deny.len()));
+        }
+        if let Some(a) = &p.allow {
+            out.push(format!("allow {}", a.len()));
+        }
+    }
+    if let Some(rl) = &r.rate_limit {
+        out.push(format!("rate_limit {}/s", rl.requests_per_second));
+    }
+    let Some(p) = p else {
+        return out;
+    };
+    if let Some(b) = &p.basic_auth {
+        out.push(format!("basic_auth {}", b.realm));
+    }
+    if let Some(f) = &p.forward_auth {
+        out.push(format!("forward_auth {}", f.address));
+    }
+    if p.strip_prefix {
+        out.push("strip_prefix".into());
+    }
+    if let Some(a) = &p.add_prefix {
+        out.push(format!("add_prefix {a}"));
+    }
+    if p.request_headers.is_some() {
+        out.push("request_headers".into());
+    }
+    if p.response_headers.is_some() {
+        out.push("response_headers".into());
+    }
+    if let Some(c) = &p.compress {
+        let algs: Vec<&str> = c.algorithms.iter().map(|a| a.as_str()).collect();
+        out.push(format!("compress {}", algs.join(",")));
+    }
+    if let Some(pages) = &p.error_pages {
+        let codes: Vec<String> = pages.keys().map(u16::to_string).collect();
+        out.push(format!("error_pages {}", codes.join(",")));
+    }
+    out
+}
+
 fn host_str(h: &HostMatch) -> String {
     match h {
         HostMatch::Exact(e) => e.clone(),
@@ -407,15 +488,34 @@ pub fn build(
         .config
         .routes
         .iter()
-        .map(|r| RouteStatus {
-            listeners: r.listeners.clone(),
-            host: r.host.as_ref().map(host_str),
-            path_prefix: if r.path_prefix.is_empty() {
-                "/".to_string()
-            } else {
-                r.path_prefix.clone()
-            },
-            upstream: r.action.describe(),
+        .map(|r| {
+            let names = table
+                .listeners
+                .iter()
+                .flat_map(|l| &l.routes)
+                .find(|lr| *lr.name == *r.name)
+                .map(|lr| &lr.names.metrics);
+            RouteStatus {
+                name: r.name.clone(),
+                listeners: r.listeners.clone(),
+                host: r.host.as_ref().map(host_str),
+                path_prefix: if r.path_prefix.is_empty() {
+                    "/".to_string()
+                } else {
+                    r.path_prefix.clone()
+                },
+                matches: r.matching.as_ref().map_or_else(String::new, match_str),
+                upstream: r.action.describe(),
+                policy: policy_keys(r),
+                requests: names.map_or(0, |m| m.requests.totals().all),
+                rejections: names.map_or(0, |m| {
+                    crate::metrics::Rejection::ALL
+                        .iter()
+                        .map(|why| m.rejections(*why))
+                        .sum()
+                }),
+                compressed: names.map_or(0, |m| m.compressed_total()),
+            }
         })
         .collect();
 

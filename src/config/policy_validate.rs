@@ -43,8 +43,7 @@ pub(super) fn action(
             "a route needs exactly one action: upstream, split, redirect or respond",
         );
     }
-    if r.split_by.is_some() && r.split.is_none() {
-        let s = r.split_by.as_ref().unwrap();
+    if let (Some(s), None) = (&r.split_by, &r.split) {
         ctx.error(
             s.span(),
             k("split_by"),
