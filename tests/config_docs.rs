@@ -39,6 +39,7 @@ request_headers = { set = { "X-A" = "1" } }
 response_headers = { remove = ["Server"] }
 basic_auth = { users_file = "u.htpasswd" }
 forward_auth = { address = "127.0.0.1:9" }
+compress = { min_size = "1KiB" }
 
 [upstream.api]
 servers = [{ address = "127.0.0.1:1" }]
@@ -133,6 +134,12 @@ fn tables() -> Vec<Table> {
             at: "address = \"127.0.0.1:9\"",
             insert: ", zz_not_a_key = 1",
             section: "Route policy: access",
+        },
+        Table {
+            name: "compress",
+            at: "min_size = \"1KiB\"",
+            insert: ", zz_not_a_key = 1",
+            section: "Route policy: compression",
         },
         line(
             "[upstream.NAME]",
