@@ -482,3 +482,62 @@ async fn a_huge_accept_encoding_gets_a_prompt_answer() {
         started.elapsed()
     );
 }
+
+#[test]
+fn check_names_file_line_and_key_for_bad_compress() {
+    let dir = temp_dir();
+    let bad = r#"[admin]
+listen = "127.0.0.1:9901"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+[[route]]
+upstream = "u"
+compress = { algorithms = ["gzip", "lz4"], min_size = "1 parsec", level = 9 }
+[[route]]
+upstream = "u"
+compress = "yes"
+[[route]]
+upstream = "u"
+compress = { content_types = ["application/json; charset=utf-8"] }
+[upstream.u]
+servers = [{ address = "127.0.0.1:1" }]
+"#;
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, bad).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let p = path.display();
+    for want in [
+        format!("{p}:8:27: route[0].compress.algorithms: unknown algorithm \"lz4\""),
+        format!("{p}:8:55: route[0].compress.min_size: size \"1 parsec\""),
+        format!("{p}:8:67: route[0].compress.level: unknown key"),
+        format!("{p}:11:12: route[1].compress: must be true, false or a table"),
+        format!("{p}:14:30: route[2].compress.content_types: \"application/json; charset=utf-8\""),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    // The good forms pass.
+    let good = bad
+        .replace(
+            r#"{ algorithms = ["gzip", "lz4"], min_size = "1 parsec", level = 9 }"#,
+            r#"{ algorithms = ["zstd", "gzip"], min_size = 0 }"#,
+        )
+        .replace("compress = \"yes\"", "compress = false")
+        .replace("; charset=utf-8", "");
+    std::fs::write(&path, good).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

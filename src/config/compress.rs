@@ -1,6 +1,8 @@
 //! Validation of `compress` on a route: `true` (the defaults), `false`
 //! (off) or a table of `algorithms`, `min_size`, `content_types`.
 
+use std::ops::Range;
+
 use toml::Spanned;
 
 use super::ctx::Ctx;
@@ -45,7 +47,7 @@ pub(super) fn validate_compress(
     for name in table.keys() {
         if !matches!(name.as_str(), "algorithms" | "min_size" | "content_types") {
             ctx.error(
-                span.clone(),
+                key_span(ctx.text, &span, name, false),
                 format!("{key}.{name}"),
                 "unknown key (expected algorithms, min_size, content_types)",
             );
@@ -58,7 +60,7 @@ pub(super) fn validate_compress(
         match algorithms(v) {
             Ok(a) => cfg.algorithms = a,
             Err(e) => {
-                ctx.error(span.clone(), k, e);
+                ctx.error(key_span(ctx.text, &span, "algorithms", true), k, e);
                 ok = false;
             }
         }
@@ -75,7 +77,11 @@ pub(super) fn validate_compress(
         match parsed {
             Ok(n) => cfg.min_size = n,
             Err(e) => {
-                ctx.error(span.clone(), format!("{key}.min_size"), e);
+                ctx.error(
+                    key_span(ctx.text, &span, "min_size", true),
+                    format!("{key}.min_size"),
+                    e,
+                );
                 ok = false;
             }
         }
@@ -84,12 +90,43 @@ pub(super) fn validate_compress(
         match content_types(v) {
             Ok(t) => cfg.content_types = t,
             Err(e) => {
-                ctx.error(span, format!("{key}.content_types"), e);
+                ctx.error(
+                    key_span(ctx.text, &span, "content_types", true),
+                    format!("{key}.content_types"),
+                    e,
+                );
                 ok = false;
             }
         }
     }
     ok.then_some(cfg)
+}
+
+/// Where `name = ...` is inside the table at `span` (the value when
+/// `value`, else the key), so an error points at it; the whole table when
+/// it cannot be found (the raw value keeps no inner positions).
+fn key_span(text: &str, span: &Range<usize>, name: &str, value: bool) -> Range<usize> {
+    let Some(table) = text.get(span.clone()) else {
+        return span.clone();
+    };
+    let mut from = 0;
+    while let Some(i) = table[from..].find(name) {
+        let at = from + i;
+        let after = &table[at + name.len()..];
+        let rest = after.trim_start_matches([' ', '\t', '"']);
+        let before_ok = at == 0 || !table.as_bytes()[at - 1].is_ascii_alphanumeric();
+        if before_ok && rest.starts_with('=') {
+            let start = if value {
+                let v = rest[1..].trim_start();
+                span.start + table.len() - v.len()
+            } else {
+                span.start + at
+            };
+            return start..span.end;
+        }
+        from = at + name.len();
+    }
+    span.clone()
 }
 
 fn defaults() -> CompressConfig {
@@ -237,6 +274,24 @@ mod tests {
         assert_eq!(c.min_size, 0);
         assert_eq!(c.algorithms, vec![Encoding::Br, Encoding::Gzip]);
         assert_eq!(c.content_types.len(), 5);
+    }
+
+    #[test]
+    fn errors_point_at_the_key_or_value() {
+        let text = "compress = { min_size = \"1 parsec\", level = 5 }\n";
+        let doc: Doc = toml::from_str(text).unwrap();
+        let mut ctx = Ctx {
+            text,
+            diags: Vec::new(),
+            warnings: Vec::new(),
+        };
+        assert!(validate_compress(&mut ctx, &doc.compress, "c").is_none());
+        let at: Vec<_> = ctx
+            .diags
+            .iter()
+            .map(|d| (d.key.as_str(), d.column))
+            .collect();
+        assert_eq!(at, [("c.level", 37), ("c.min_size", 25)]);
     }
 
     #[test]
