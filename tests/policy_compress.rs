@@ -541,3 +541,50 @@ servers = [{ address = "127.0.0.1:1" }]
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Over HTTP/2 end to end (h2c both sides), the server's trailers still
+/// follow the compressed body.
+#[tokio::test]
+async fn trailers_follow_a_compressed_body_over_h2() {
+    let b = Backend::start(|_req: Request<hyper::body::Incoming>| async move {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+        tx.try_send(Ok(Frame::data(Bytes::from(json())))).unwrap();
+        tx.try_send(Ok(Frame::trailers(trailers))).unwrap();
+        struct Frames(mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
+        impl Body for Frames {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                self.0.poll_recv(cx)
+            }
+        }
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Frames(rx).boxed())
+            .unwrap()
+    })
+    .await;
+    let f = Fulcrum::start(&config(&format!(
+        "[[route]]\nupstream = \"u\"\ncompress = true\n\n[upstream.u]\n{}\nprotocol = \"h2c\"\n",
+        servers(&[&b])
+    )));
+    let s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    let mut h2 = h2_client(s).await;
+    let req = Request::get("http://example.test/")
+        .header("accept-encoding", "br")
+        .header("te", "trailers")
+        .body(full(""))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["content-encoding"], "br");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(decode("br", &collected.to_bytes()), json());
+}
