@@ -478,12 +478,8 @@ servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
 "#;
     let path = dir.join("bad.toml");
     std::fs::write(&path, bad).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 1, "{err}");
     let p = path.display();
     for want in [
         format!("{p}:6:1: route[0].upstream: a route needs exactly one action"),
@@ -512,12 +508,8 @@ servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
         .replace("redirect = { scheme = \"https\" }\n", "")
         + "[upstream.u]\nservers = [{ address = \"127.0.0.1:1\", weight = 2 }, { address = \"127.0.0.1:2\" }]\n";
     std::fs::write(&path, warn).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("weights are ignored by strategy round-robin"),
         "{err}"
