@@ -281,12 +281,8 @@ servers = [{ address = "127.0.0.1:1" }]
 "#;
     let path = dir.join("fulcrum.toml");
     std::fs::write(&path, toml).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 1, "{err}");
     let p = path.display();
     let users = dir.join("ops.htpasswd");
     for want in [
@@ -310,16 +306,8 @@ servers = [{ address = "127.0.0.1:1" }]
         "path = \"/verify\"",
     );
     std::fs::write(&path, fixed).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 0, "{err}");
 }
 
 // ---------------------------------------------------------------------------

@@ -478,12 +478,8 @@ servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
 "#;
     let path = dir.join("bad.toml");
     std::fs::write(&path, bad).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 1, "{err}");
     let p = path.display();
     for want in [
         format!("{p}:6:1: route[0].upstream: a route needs exactly one action"),
@@ -512,12 +508,8 @@ servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
         .replace("redirect = { scheme = \"https\" }\n", "")
         + "[upstream.u]\nservers = [{ address = \"127.0.0.1:1\", weight = 2 }, { address = \"127.0.0.1:2\" }]\n";
     std::fs::write(&path, warn).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("weights are ignored by strategy round-robin"),
         "{err}"
@@ -542,4 +534,50 @@ async fn a_reload_swaps_policies_with_the_table() {
     let line = f.reload(&toml("respond = { status = 1 }"));
     assert!(line.contains("reload failed"), "{line}");
     assert_eq!(get(f.addr("web"), "/m").await.text(), "app");
+}
+
+#[tokio::test]
+async fn policy_applies_to_http2_clients_too() {
+    let b = echo("app").await;
+    let toml = config(&format!(
+        r#"[[route]]
+path_prefix = "/old"
+redirect = {{ path_prefix = "/new", status = 308 }}
+
+[[route]]
+path_prefix = "/v1"
+methods = ["POST"]
+strip_prefix = true
+add_prefix = "/api"
+response_headers = {{ set = {{ "X-Policy" = "yes" }} }}
+upstream = "u"
+
+[upstream.u]
+{}
+"#,
+        servers(&[&b])
+    ));
+    let f = Fulcrum::start(&toml);
+    let tcp = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    let mut h2 = h2_client(tcp).await;
+    let req = Request::post("http://example.test:8080/v1/users?id=7")
+        .body(full("x"))
+        .unwrap();
+    let r = collect(h2.send_request(req).await.unwrap()).await;
+    assert_eq!(r.text(), "app /api/users?id=7");
+    assert_eq!(r.header("x-policy"), Some("yes"));
+    let req = Request::get("http://example.test:8080/old/page?q=1")
+        .body(full(""))
+        .unwrap();
+    let r = collect(h2.send_request(req).await.unwrap()).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("http://example.test:8080/new/page?q=1")
+    );
+    // GET does not match the POST-only route: no route.
+    let req = Request::get("http://example.test/v1/users")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 404);
 }

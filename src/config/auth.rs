@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::ctx::{config_relative, Ctx};
 use super::policy::{BasicAuthConfig, ForwardAuthConfig};
+use super::policy_validate::CONNECTION_HEADERS;
 use super::raw::{RawBasicAuth, RawForwardAuth, S};
 
 /// The realm when none is given: Caddy's default, and what browsers show
@@ -101,21 +102,6 @@ pub(super) fn validate_basic_auth(
     })
 }
 
-/// Headers neither list may name: hop-by-hop ones (they belong to one
-/// connection), the framing ones, and `Host` (the auth request goes to the
-/// auth service; the client's host is sent as X-Forwarded-Host).
-const NEVER: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "host",
-];
-
 /// Sent to the auth service by Fulcrum itself, whatever the list says.
 const SENT_ANYWAY: &[&str] = &[
     "x-forwarded-method",
@@ -191,7 +177,9 @@ fn header_list(
         let k = format!("{key}[{j}]");
         let v = n.get_ref();
         match HeaderName::from_bytes(v.as_bytes()) {
-            Ok(h) if NEVER.contains(&h.as_str()) => ctx.error(
+            // Connection headers belong to one connection; Host to the auth
+            // service (the client's host is sent as X-Forwarded-Host).
+            Ok(h) if CONNECTION_HEADERS.contains(&h.as_str()) || h == "host" => ctx.error(
                 n.span(),
                 k,
                 format!("\"{v}\" cannot be listed (hop-by-hop, framing, or Host)"),
