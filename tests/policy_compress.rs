@@ -505,12 +505,8 @@ servers = [{ address = "127.0.0.1:1" }]
 "#;
     let path = dir.join("bad.toml");
     std::fs::write(&path, bad).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 1, "{err}");
     let p = path.display();
     for want in [
         format!("{p}:8:27: route[0].compress.algorithms: unknown algorithm \"lz4\""),
@@ -530,16 +526,8 @@ servers = [{ address = "127.0.0.1:1" }]
         .replace("compress = \"yes\"", "compress = false")
         .replace("; charset=utf-8", "");
     std::fs::write(&path, good).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// Over HTTP/2 end to end (h2c both sides), the server's trailers still
