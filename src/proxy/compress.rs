@@ -8,9 +8,11 @@
 //! The body is compressed chunk by chunk: every data frame from the server
 //! is fed to the encoder and the encoder is flushed (a deflate sync flush, a
 //! brotli/zstd block flush), so each chunk reaches the client at once and
-//! event streams stay live. Levels are the fast ones proxies use: gzip 3,
+//! event streams stay live; a chunk the body marks as its last ends the
+//! encoded stream instead (a known-length body goes out as one frame). Levels are the fast ones proxies use: gzip 3,
 //! brotli 4 with a 512 KiB window (ngx_brotli's window), zstd 3 (zstd's
-//! default). The encoders write into a `Vec`, which never blocks, so they are
+//! default). Measured on a 16 KiB JSON body: gzip 3 and brotli 4 each cost
+//! tens of microseconds per response. The encoders write into a `Vec`, which never blocks, so they are
 //! driven synchronously inside `poll_frame`.
 
 use std::io;
