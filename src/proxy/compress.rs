@@ -11,8 +11,9 @@
 //! event streams stay live; a chunk the body marks as its last ends the
 //! encoded stream instead (a known-length body goes out as one frame). Levels are the fast ones proxies use: gzip 3,
 //! brotli 4 with a 512 KiB window (ngx_brotli's window), zstd 3 (zstd's
-//! default). Measured on a 16 KiB JSON body: gzip 3 and brotli 4 each cost
-//! tens of microseconds per response. The encoders write into a `Vec`, which never blocks, so they are
+//! default). Measured per 16 KiB response on a busy 2-core machine: about
+//! 20-70 us for repetitive JSON, 100-350 us for prose. The encoders write
+//! into a `Vec`, which never blocks, so they are
 //! driven synchronously inside `poll_frame`.
 
 use std::io;
