@@ -9,16 +9,7 @@ fn check(toml: &str) -> (i32, String, String) {
     let dir = temp_dir();
     let path = dir.join("fulcrum.toml");
     std::fs::write(&path, toml).unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    check_file(&path)
 }
 
 const GOOD: &str = r#"[admin]

@@ -37,6 +37,9 @@ redirect = { scheme = "https" }
 respond = { status = 200 }
 request_headers = { set = { "X-A" = "1" } }
 response_headers = { remove = ["Server"] }
+basic_auth = { users_file = "u.htpasswd" }
+forward_auth = { address = "127.0.0.1:9" }
+compress = { min_size = "1KiB" }
 
 [upstream.api]
 servers = [{ address = "127.0.0.1:1" }]
@@ -119,6 +122,24 @@ fn tables() -> Vec<Table> {
             at: "remove = [\"Server\"]",
             insert: ", zz_not_a_key = 1",
             section: "`[[route]]`",
+        },
+        Table {
+            name: "basic_auth",
+            at: "users_file = \"u.htpasswd\"",
+            insert: ", zz_not_a_key = 1",
+            section: "Route policy: access",
+        },
+        Table {
+            name: "forward_auth",
+            at: "address = \"127.0.0.1:9\"",
+            insert: ", zz_not_a_key = 1",
+            section: "Route policy: access",
+        },
+        Table {
+            name: "compress",
+            at: "min_size = \"1KiB\"",
+            insert: ", zz_not_a_key = 1",
+            section: "Route policy: compression",
         },
         line(
             "[upstream.NAME]",
@@ -300,4 +321,51 @@ fn readme_config_is_valid() {
     let c = Config::from_toml(&root().join("README.md"), block)
         .unwrap_or_else(|e| panic!("README config does not validate:\n{e}"));
     assert_eq!(c.listeners.len(), 1);
+}
+
+#[test]
+fn every_cookbook_recipe_passes_check() {
+    let doc = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    let section = doc
+        .split("## Route policy cookbook")
+        .nth(1)
+        .expect("a cookbook section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 7, "only {} recipes found", blocks.len());
+    let dir = std::env::temp_dir().join(format!("fulcrum-cookbook-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("errors")).unwrap();
+    for page in ["502.html", "503.html"] {
+        std::fs::write(dir.join("errors").join(page), "<h1>sorry</h1>\n").unwrap();
+    }
+    let mut text = String::from(
+        "[admin]\nlisten = \"127.0.0.1:9901\"\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\
+         [[listener]]\nname = \"websecure\"\nlisten = \"127.0.0.1:8443\"\n",
+    );
+    for up in [
+        "site",
+        "api",
+        "stable",
+        "canary",
+        "oauth2-proxy",
+        "internal",
+    ] {
+        text += &format!("[upstream.{up}]\nservers = [{{ address = \"127.0.0.1:1\" }}]\n");
+    }
+    for b in &blocks {
+        text += b;
+    }
+    let path = dir.join("fulcrum.toml");
+    let result = Config::from_toml(&path, &text);
+    std::fs::remove_dir_all(&dir).ok();
+    if let Err(e) = result {
+        panic!("a cookbook recipe fails check:\n{e}\n\n{text}");
+    }
 }

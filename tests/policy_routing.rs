@@ -6,8 +6,6 @@
 mod common;
 use common::*;
 
-use std::time::Duration;
-
 use http::Request;
 
 /// A backend that echoes the path and query it got.
@@ -372,6 +370,7 @@ async fn error_pages_replace_generated_bodies_globally_and_per_route() {
     std::fs::write(dir.join("404.html"), "<h1>not here</h1>\n").unwrap();
     std::fs::write(dir.join("503.json"), "{\"error\":\"down\"}\n").unwrap();
     std::fs::write(dir.join("403.txt"), "go away\n").unwrap();
+    std::fs::write(dir.join("429.txt"), "slow down\n").unwrap();
     let page = |n: &str| format!("{:?}", dir.join(n).display().to_string());
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -386,7 +385,7 @@ async fn error_pages_replace_generated_bodies_globally_and_per_route() {
     let body = format!(
         r#"
 [global]
-error_pages = {{ "404" = {p404}, "502" = {p404} }}
+error_pages = {{ "404" = {p404}, "502" = {p404}, "429" = {p429} }}
 
 [[listener]]
 name = "web"
@@ -402,6 +401,11 @@ allow = ["192.0.2.0/24"]
 path_prefix = "/up"
 upstream = "up"
 
+[[route]]
+path_prefix = "/limited"
+upstream = "up"
+rate_limit = {{ requests_per_second = 0.01, burst = 1 }}
+
 [upstream.dead]
 servers = [{{ address = "{dead}" }}]
 retries = 0
@@ -413,6 +417,7 @@ retries = 0
         p404 = page("404.html"),
         p503 = page("503.json"),
         p403 = page("403.txt"),
+        p429 = page("429.txt"),
     );
     let toml = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{body}");
     let f = Fulcrum::start(&toml);
@@ -428,6 +433,13 @@ retries = 0
     // An upstream's own 404 is forwarded untouched.
     let r = get(f.addr("web"), "/up").await;
     assert_eq!(r.text(), "upstream's own 404");
+
+    // Answers Fulcrum makes on purpose get pages too, keeping their headers.
+    assert_eq!(get(f.addr("web"), "/limited").await.status, 404);
+    let r = get(f.addr("web"), "/limited").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.text(), "slow down\n");
+    assert!(r.header("retry-after").is_some());
 
     // A page that goes missing fails the reload; the old pages stay.
     let broken = toml.replace(&page("404.html"), &page("missing.html"));
@@ -466,12 +478,8 @@ servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
 "#;
     let path = dir.join("bad.toml");
     std::fs::write(&path, bad).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 1, "{err}");
     let p = path.display();
     for want in [
         format!("{p}:6:1: route[0].upstream: a route needs exactly one action"),
@@ -500,12 +508,8 @@ servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
         .replace("redirect = { scheme = \"https\" }\n", "")
         + "[upstream.u]\nservers = [{ address = \"127.0.0.1:1\", weight = 2 }, { address = \"127.0.0.1:2\" }]\n";
     std::fs::write(&path, warn).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, _, err) = check_file(&path);
+    assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("weights are ignored by strategy round-robin"),
         "{err}"
@@ -530,4 +534,50 @@ async fn a_reload_swaps_policies_with_the_table() {
     let line = f.reload(&toml("respond = { status = 1 }"));
     assert!(line.contains("reload failed"), "{line}");
     assert_eq!(get(f.addr("web"), "/m").await.text(), "app");
+}
+
+#[tokio::test]
+async fn policy_applies_to_http2_clients_too() {
+    let b = echo("app").await;
+    let toml = config(&format!(
+        r#"[[route]]
+path_prefix = "/old"
+redirect = {{ path_prefix = "/new", status = 308 }}
+
+[[route]]
+path_prefix = "/v1"
+methods = ["POST"]
+strip_prefix = true
+add_prefix = "/api"
+response_headers = {{ set = {{ "X-Policy" = "yes" }} }}
+upstream = "u"
+
+[upstream.u]
+{}
+"#,
+        servers(&[&b])
+    ));
+    let f = Fulcrum::start(&toml);
+    let tcp = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    let mut h2 = h2_client(tcp).await;
+    let req = Request::post("http://example.test:8080/v1/users?id=7")
+        .body(full("x"))
+        .unwrap();
+    let r = collect(h2.send_request(req).await.unwrap()).await;
+    assert_eq!(r.text(), "app /api/users?id=7");
+    assert_eq!(r.header("x-policy"), Some("yes"));
+    let req = Request::get("http://example.test:8080/old/page?q=1")
+        .body(full(""))
+        .unwrap();
+    let r = collect(h2.send_request(req).await.unwrap()).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("http://example.test:8080/new/page?q=1")
+    );
+    // GET does not match the POST-only route: no route.
+    let req = Request::get("http://example.test/v1/users")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 404);
 }

@@ -426,10 +426,16 @@ mod tests {
                 requests_per_second: 2.0,
             }],
             routes: vec![RouteStatus {
+                name: "route0".into(),
                 listeners: None,
                 host: Some("*.example.com".into()),
                 path_prefix: "/".into(),
+                matches: String::new(),
                 upstream: "api".into(),
+                policy: Vec::new(),
+                requests: 0,
+                rejections: 0,
+                compressed: 0,
             }],
             acme: Vec::new(),
             upstreams: vec![UpstreamStatus {

@@ -128,8 +128,11 @@ pub struct BasicAuthConfig {
 
 #[derive(Debug, Clone)]
 pub struct ForwardAuthConfig {
-    /// `host:port` as written (a DNS name is resolved when connecting).
+    /// `host:port` as written: the auth request's `Host`.
     pub address: String,
+    /// `address` resolved at load (a DNS name's first address), as upstream
+    /// servers' names are.
+    pub addr: std::net::SocketAddr,
     pub path: String,
     pub timeout: Duration,
     pub request_headers: Vec<HeaderName>,

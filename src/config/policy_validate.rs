@@ -43,8 +43,7 @@ pub(super) fn action(
             "a route needs exactly one action: upstream, split, redirect or respond",
         );
     }
-    if r.split_by.is_some() && r.split.is_none() {
-        let s = r.split_by.as_ref().unwrap();
+    if let (Some(s), None) = (&r.split_by, &r.split) {
         ctx.error(
             s.span(),
             k("split_by"),
@@ -413,10 +412,10 @@ pub(super) fn policy(
     any.then(|| Box::new(p))
 }
 
-/// Headers a rule may not name: hop-by-hop ones (removed in both
-/// directions anyway), X-Request-Id (Fulcrum's own), and the framing
-/// headers Fulcrum computes.
-const FORBIDDEN: &[&str] = &[
+/// Headers that belong to one connection's framing: the hop-by-hop ones
+/// (removed in both directions anyway) and Content-Length (Fulcrum's to
+/// compute). No header rule or auth header list may name them.
+pub(super) const CONNECTION_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -424,7 +423,6 @@ const FORBIDDEN: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "x-request-id",
     "content-length",
 ];
 
@@ -433,7 +431,7 @@ fn header_rules(ctx: &mut Ctx<'_>, h: &Spanned<RawHeaderRules>, key: &str) -> He
     let mut rules = HeaderRules::default();
     let name = |ctx: &mut Ctx<'_>, n: &str, span: Range<usize>, key: String| {
         match HeaderName::from_bytes(n.as_bytes()) {
-            Ok(h) if FORBIDDEN.contains(&h.as_str()) => {
+            Ok(h) if CONNECTION_HEADERS.contains(&h.as_str()) || h == "x-request-id" => {
                 ctx.error(
                     span,
                     key,

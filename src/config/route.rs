@@ -9,6 +9,7 @@ use super::ctx::Ctx;
 use super::raw::{RawRoute, RawUpstream};
 use super::{HostMatch, RateLimit, RateScope, RouteConfig};
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub(super) fn validate_route(
     ctx: &mut Ctx<'_>,
     config_path: &std::path::Path,

@@ -14,7 +14,10 @@ const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 /// Why a phase ended the request early.
 pub enum Stop {
     Error(ProxyError),
+    /// An answer Fulcrum made (a 429, a 401): error pages apply.
     Answer(Response<ProxyBody>),
+    /// Another service's answer passed on as it is (a forward-auth denial).
+    Relay(Response<ProxyBody>),
 }
 
 impl From<ProxyError> for Stop {
@@ -27,7 +30,7 @@ impl Stop {
     pub fn into_response(self) -> Response<ProxyBody> {
         match self {
             Stop::Error(e) => error_response(&e),
-            Stop::Answer(r) => r,
+            Stop::Answer(r) | Stop::Relay(r) => r,
         }
     }
 }
@@ -76,4 +79,22 @@ fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, TEXT);
     resp
+}
+
+/// Missing or wrong `basic_auth` credentials: 401 with the route's
+/// `WWW-Authenticate: Basic realm="..."`.
+pub fn unauthorized(challenge: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    resp.headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, challenge.clone());
+    resp
+}
+
+/// The `forward_auth` service was unreachable, timed out, or gave no
+/// usable answer: 503.
+pub fn auth_unavailable() -> Response<ProxyBody> {
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication service unavailable\n",
+    )
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::compress::Compressor;
 use crate::access_log::AccessRecord;
 use crate::backend::InFlight;
 use crate::conn_state::ActiveGuard;
@@ -94,6 +95,13 @@ impl Drop for UpstreamBody {
 enum Kind {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// `compress`: the inner body goes out encoded.
+    Compressed(Box<Compressed>),
+}
+
+struct Compressed {
+    encoder: Compressor,
+    inner: Kind,
 }
 
 /// The body of every response Fulcrum sends to a client.
@@ -131,6 +139,13 @@ impl ProxyBody {
         self
     }
 
+    /// Sends the body through `encoder` (the headers are the caller's).
+    pub(super) fn compressed(mut self, encoder: Compressor) -> ProxyBody {
+        let inner = std::mem::replace(&mut self.kind, Kind::Full(None));
+        self.kind = Kind::Compressed(Box::new(Compressed { encoder, inner }));
+        self
+    }
+
     /// Attaches the request's access log record (emitted when the body ends).
     pub fn with_access(mut self, a: Option<Box<AccessRecord>>) -> ProxyBody {
         self.access = a;
@@ -157,33 +172,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
-            Kind::Full(b) => Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
-            Kind::Upstream(u) => {
-                let Some(inner) = u.inner.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                match ready!(Pin::new(inner).poll_frame(cx)) {
-                    Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
-                    Some(Err(e)) => {
-                        // The server broke off mid-body: drop the connection and
-                        // make the client see an aborted response, not a clean end.
-                        u.finish.take();
-                        u.inner.take();
-                        this.broken = true;
-                        Poll::Ready(Some(Err(Box::new(e))))
-                    }
-                    None => {
-                        u.complete();
-                        Poll::Ready(None)
-                    }
-                }
-            }
-        };
+        let frame = poll_kind(&mut this.kind, &mut this.broken, cx);
         if let (Some(a), Poll::Ready(Some(Ok(f)))) = (this.access.as_mut(), &frame) {
             if let Some(d) = f.data_ref() {
                 a.add_bytes(d.len());
@@ -193,19 +182,72 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
+        self.kind.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.kind.size_hint()
+    }
+}
+
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
             Kind::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
             Kind::Upstream(u) => u.inner.as_ref().is_none_or(|i| i.is_end_stream()),
+            Kind::Compressed(c) => c.encoder.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        match self {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(u) => u
                 .inner
                 .as_ref()
                 .map_or(SizeHint::with_exact(0), |i| i.size_hint()),
+            Kind::Compressed(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The body's next frame; a server error mid-body sets `broken`.
+fn poll_kind(
+    kind: &mut Kind,
+    broken: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match kind {
+        Kind::Full(b) => Poll::Ready(
+            b.take()
+                .filter(|b| !b.is_empty())
+                .map(|b| Ok(Frame::data(b))),
+        ),
+        Kind::Upstream(u) => {
+            let Some(inner) = u.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
+                Some(Err(e)) => {
+                    // The server broke off mid-body: drop the connection and
+                    // make the client see an aborted response, not a clean end.
+                    u.finish.take();
+                    u.inner.take();
+                    *broken = true;
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                None => {
+                    u.complete();
+                    Poll::Ready(None)
+                }
+            }
+        }
+        Kind::Compressed(c) => {
+            let Compressed { encoder, inner } = &mut **c;
+            encoder.poll_frame(cx, |cx| {
+                poll_kind(inner, broken, cx).map(|f| (f, inner.is_end_stream()))
+            })
         }
     }
 }

@@ -127,7 +127,8 @@ pub async fn handle(
         .unwrap_or(global_pages);
     let (resp, stats) = match request_policy(&ctx, &conn, route, &mut req).await {
         Err(Stop::Error(e)) => (policy::error_page(pages, error_response(&e)), &*route.stats),
-        Err(Stop::Answer(resp)) => (resp, &*route.stats),
+        Err(Stop::Answer(resp)) => (policy::error_page(pages, resp), &*route.stats),
+        Err(Stop::Relay(resp)) => (resp, &*route.stats),
         Ok(()) => action(&table, &conn, lt, route, pages, &mut ctx, req).await,
     };
     route.names.metrics.requests.inc(resp.status().as_u16());

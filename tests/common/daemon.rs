@@ -392,3 +392,17 @@ pub async fn wait_draining(admin: SocketAddr) {
     })
     .await;
 }
+
+/// Runs `fulcrum check --config <path>`: (exit code, stdout, stderr).
+pub fn check_file(path: &Path) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
