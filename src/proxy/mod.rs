@@ -125,7 +125,13 @@ pub async fn handle(
         .as_ref()
         .and_then(|p| p.config.error_pages.as_ref())
         .unwrap_or(global_pages);
-    let (resp, stats) = match request_policy(&ctx, &conn, route, &mut req).await {
+    // A route with neither policy nor rate limit skips the phase's future.
+    let checked = if route.policy.is_some() || route.rate_limit.is_some() {
+        request_policy(&ctx, &conn, route, &mut req).await
+    } else {
+        Ok(())
+    };
+    let (resp, stats) = match checked {
         Err(Stop::Error(e)) => (policy::error_page(pages, error_response(&e)), &*route.stats),
         Err(Stop::Answer(resp)) => (policy::error_page(pages, resp), &*route.stats),
         Err(Stop::Relay(resp)) => (resp, &*route.stats),
