@@ -280,8 +280,7 @@ upstream = "u"
 servers = [{ address = "127.0.0.1:1" }]
 "#;
     let path = dir.join("fulcrum.toml");
-    std::fs::write(&path, toml).unwrap();
-    let (code, _, err) = check_file(&path);
+    let (code, err) = check_text(&path, toml);
     assert_eq!(code, 1, "{err}");
     let p = path.display();
     let users = dir.join("ops.htpasswd");
@@ -305,8 +304,7 @@ servers = [{ address = "127.0.0.1:1" }]
         "path = \"verify\", timeout = \"0s\", request_headers = [\"Connection\"]",
         "path = \"/verify\"",
     );
-    std::fs::write(&path, fixed).unwrap();
-    let (code, _, err) = check_file(&path);
+    let (code, err) = check_text(&path, &fixed);
     assert_eq!(code, 0, "{err}");
 }
 

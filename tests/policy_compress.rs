@@ -504,8 +504,7 @@ compress = { content_types = ["application/json; charset=utf-8"] }
 servers = [{ address = "127.0.0.1:1" }]
 "#;
     let path = dir.join("bad.toml");
-    std::fs::write(&path, bad).unwrap();
-    let (code, _, err) = check_file(&path);
+    let (code, err) = check_text(&path, bad);
     assert_eq!(code, 1, "{err}");
     let p = path.display();
     for want in [
@@ -525,8 +524,7 @@ servers = [{ address = "127.0.0.1:1" }]
         )
         .replace("compress = \"yes\"", "compress = false")
         .replace("; charset=utf-8", "");
-    std::fs::write(&path, good).unwrap();
-    let (code, _, err) = check_file(&path);
+    let (code, err) = check_text(&path, &good);
     assert_eq!(code, 0, "{err}");
 }
 

@@ -477,8 +477,7 @@ redirect = { status = 200, port = 0 }
 servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
 "#;
     let path = dir.join("bad.toml");
-    std::fs::write(&path, bad).unwrap();
-    let (code, _, err) = check_file(&path);
+    let (code, err) = check_text(&path, bad);
     assert_eq!(code, 1, "{err}");
     let p = path.display();
     for want in [
@@ -507,8 +506,7 @@ servers = [{ address = "127.0.0.1:1", weight = 2 }, { address = "127.0.0.1:2" }]
         .unwrap()
         .replace("redirect = { scheme = \"https\" }\n", "")
         + "[upstream.u]\nservers = [{ address = \"127.0.0.1:1\", weight = 2 }, { address = \"127.0.0.1:2\" }]\n";
-    std::fs::write(&path, warn).unwrap();
-    let (code, _, err) = check_file(&path);
+    let (code, err) = check_text(&path, &warn);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("weights are ignored by strategy round-robin"),

@@ -406,3 +406,10 @@ pub fn check_file(path: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Writes `toml` to `path` and runs `fulcrum check` on it: (exit code, stderr).
+pub fn check_text(path: &Path, toml: &str) -> (i32, String) {
+    std::fs::write(path, toml).unwrap();
+    let (code, _, err) = check_file(path);
+    (code, err)
+}
