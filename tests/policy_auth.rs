@@ -712,3 +712,46 @@ async fn a_10_mb_denial_body_streams_through() {
     assert_eq!(got, TOTAL);
     assert_eq!(rejections(&f, "app", "forward_auth").await, 1.0);
 }
+
+#[tokio::test]
+async fn error_pages_cover_fulcrums_401_but_not_the_auth_services_own_answer() {
+    let b = Backend::named("app").await;
+    let auth = session_auth().await;
+    let users = users_file(&[CAROL]);
+    let page = users.with_file_name("401.html");
+    std::fs::write(&page, "<h1>who are you?</h1>\n").unwrap();
+    let toml = config(&format!(
+        r#"[[route]]
+path_prefix = "/ops"
+basic_auth = {{ realm = "ops", users_file = "{users}" }}
+error_pages = {{ "401" = "{page}" }}
+upstream = "u"
+
+[[route]]
+forward_auth = {{ address = "{addr}", timeout = "2s", request_headers = ["Authorization"] }}
+error_pages = {{ "401" = "{page}" }}
+upstream = "u"
+
+[upstream.u]
+{servers}
+"#,
+        users = users.display(),
+        page = page.display(),
+        addr = auth.addr,
+        servers = servers(&[&b]),
+    ));
+    let f = Fulcrum::start(&toml);
+    let web = f.addr("web");
+    // Fulcrum's own 401 gets the page and keeps its challenge.
+    let r = send(web, "/ops", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.text(), "<h1>who are you?</h1>\n");
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"ops\""));
+    // The auth service's 401 is its own: body and type as it sent them.
+    let r = send(web, "/app", &[("authorization", b"Bearer bad")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.text(), "{\"error\":\"bad token\"}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(b.hits(), 0);
+}
