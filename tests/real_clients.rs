@@ -229,6 +229,14 @@ async fn nginx_as_an_h2c_upstream_gets_no_duplicate_host() {
 /// `every` requests, as hypercorn does after 1,000 and gRPC after
 /// `max_connection_age`: GOAWAY, PING, then a GOAWAY whose last-stream-id
 /// refuses the streams the client opened in between.
+fn answer(mut respond: h2::server::SendResponse<Bytes>) {
+    tokio::spawn(async move {
+        if let Ok(mut send) = respond.send_response(Response::new(()), false) {
+            let _ = send.send_data(Bytes::from_static(b"ok"), true);
+        }
+    });
+}
+
 async fn goaway_backend(every: usize) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -246,24 +254,61 @@ async fn goaway_backend(every: usize) -> (SocketAddr, Arc<AtomicUsize>, Arc<Atom
                 let Ok(mut conn) = h2::server::handshake(sock).await else {
                     return;
                 };
+                // h2's server drops streams still waiting to be accepted
+                // when it closes (server.rs: "TODO: drop any pending
+                // streams"), though its GOAWAY's last-stream-id counts them
+                // as processed. A real server answers them: the stream that
+                // starts the shutdown is held open (so the connection stays)
+                // until a PING sent after the GOAWAY comes back (the client
+                // sends no stream after it has seen a GOAWAY, and TCP keeps
+                // order) and every stream received before it is accepted.
+                let mut pings = conn.ping_pong();
+                let mut held = None;
+                let mut pong = None;
                 let mut n = 0;
-                while let Some(accepted) = conn.accept().await {
+                loop {
+                    let accepted = match (held.is_some(), pong.as_mut()) {
+                        (true, Some(p)) => tokio::select! {
+                            a = conn.accept() => a,
+                            _ = p => {
+                                pong = None;
+                                continue;
+                            }
+                        },
+                        (true, None) => {
+                            // PONG seen: take what is queued, then let go.
+                            match tokio::time::timeout(Duration::ZERO, conn.accept()).await {
+                                Ok(a) => a,
+                                Err(_) => {
+                                    answer(held.take().unwrap());
+                                    continue;
+                                }
+                            }
+                        }
+                        (false, _) => conn.accept().await,
+                    };
+                    let Some(accepted) = accepted else { break };
                     // A stream error (a reset) ends that stream, not the
                     // connection: the others still get their answers.
-                    let Ok((_req, mut respond)) = accepted else {
+                    let Ok((_req, respond)) = accepted else {
                         continue;
                     };
                     n += 1;
                     served.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        let resp = Response::new(());
-                        if let Ok(mut send) = respond.send_response(resp, false) {
-                            let _ = send.send_data(Bytes::from_static(b"ok"), true);
-                        }
-                    });
                     if n == every {
                         conn.graceful_shutdown();
+                        held = Some(respond);
+                        pong = pings.take().map(|mut p| {
+                            Box::pin(async move {
+                                let _ = p.ping(h2::Ping::opaque()).await;
+                            })
+                        });
+                    } else {
+                        answer(respond);
                     }
+                }
+                if let Some(h) = held.take() {
+                    answer(h);
                 }
                 // Until every stream it took is answered.
                 let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
