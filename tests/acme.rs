@@ -259,8 +259,8 @@ async fn tls_alpn01_issues_on_the_tls_listener_alone() {
 
 #[tokio::test]
 async fn http01_is_answered_before_routing() {
-    // The plain listener's only route leads to a server that is down (there
-    // is no redirect action yet): requests there get 502, challenges do not.
+    // The plain listener only redirects to HTTPS (the usual setup): every
+    // request there gets the redirect, the CA's challenges do not.
     let backend = Backend::named("app").await;
     let (http_port, tls_port) = (free_port(), free_port());
     let setup = PebbleSetup::new(http_port, tls_port);
@@ -276,20 +276,26 @@ async fn http01_is_answered_before_routing() {
     .replace(
         "[[route]]\nupstream = \"u\"",
         &format!(
-            "[[route]]\nlisteners = [\"websecure\"]\nupstream = \"app\"\n[upstream.app]\nservers = [{{ address = \"{}\" }}]\n\n[[route]]\nlisteners = [\"web\"]\nupstream = \"u\"",
+            "[[route]]\nlisteners = [\"websecure\"]\nupstream = \"app\"\n[upstream.app]\nservers = [{{ address = \"{}\" }}]\n\n[[route]]\nlisteners = [\"web\"]\nredirect = {{ scheme = \"https\" }}",
             backend.addr
         ),
     );
     let f = Fulcrum::start(&toml);
     let plain = f.addr("web");
-    assert_eq!(get(plain, "/").await.status, 502);
-    // An unknown token is not ours to answer: it is routed like any path.
+    let r = get_host(plain, "/x?y=1", "routed.example.com").await;
+    assert_eq!(r.status, 301);
     assert_eq!(
-        get(plain, "/.well-known/acme-challenge/unknown")
-            .await
-            .status,
-        502
+        r.header("location"),
+        Some("https://routed.example.com/x?y=1")
     );
+    // An unknown token is not ours to answer: it is routed like any path.
+    let r = get_host(
+        plain,
+        "/.well-known/acme-challenge/unknown",
+        "routed.example.com",
+    )
+    .await;
+    assert_eq!(r.status, 301);
     wait_orders(&f, "success", 1.0).await;
     let roots = pebble.root().await;
     let tls = tls_connect(
