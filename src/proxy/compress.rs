@@ -32,6 +32,7 @@ use hyper::body::{Body, Frame, Incoming};
 use tokio::io::AsyncWrite;
 
 use super::body::{BoxError, ProxyBody};
+use super::headers::list_has;
 use crate::config::policy::{CompressConfig, Encoding};
 
 /// Entries of `Accept-Encoding` looked at; browsers send fewer than ten.
@@ -232,17 +233,6 @@ fn type_listed(types: &[String], content_type: &[u8]) -> bool {
             Some(ty) => ty.eq_ignore_ascii_case(&media[..slash]),
             None => t.eq_ignore_ascii_case(media),
         }
-    })
-}
-
-/// Whether a comma-separated header (all its lines) lists `token`.
-fn list_has(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes().split(|&b| b == b',').any(|item| {
-            let item = item.trim_ascii();
-            // `Cache-Control: no-transform` has no argument; `Vary` tokens none.
-            item.eq_ignore_ascii_case(token.as_bytes())
-        })
     })
 }
 

@@ -32,17 +32,18 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
         (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"),
         _ => false,
     };
-    websocket
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| has_token(v, "upgrade"))
+    websocket && list_has(headers, &CONNECTION, "upgrade")
 }
 
-fn has_token(v: &HeaderValue, token: &str) -> bool {
-    v.to_str()
-        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        .unwrap_or(false)
+/// Whether a comma-separated header (any of its lines) lists `token`,
+/// case-insensitively (`Connection: upgrade`, `Vary`, `Cache-Control:
+/// no-transform`).
+pub fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 const H_CONNECTION: u8 = 1;
