@@ -1,7 +1,10 @@
 //! How a request ends before it is forwarded: an error (`ProxyError`, whose
-//! status and body are fixed by SPEC) or an answer a phase chose on purpose
-//! (a 429 with `Retry-After`; later a redirect, a 401, a fixed response).
-//! Both become responses here and nowhere else.
+//! status and body are fixed by SPEC), an answer a phase chose on purpose
+//! (a 429 with `Retry-After`, a 401 with its challenge, a 503 when the auth
+//! service fails), or another service's answer relayed as it is (a
+//! forward-auth denial). The errors and chosen answers are built here; a
+//! route's own `redirect` and `respond` answers are its action, built in
+//! `policy`.
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
